@@ -49,7 +49,7 @@ $(BUILD_STAMP): $(VENV_STAMP) $(BUILD_INPUTS)
 	@touch $@
 
 test: $(BUILD_STAMP)
-	@$(RUN) python -m pytest test $(PYTEST_ARGS)
+	@$(RUN) pytest test $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)
 	@$(VENV)/bin/ruff check .

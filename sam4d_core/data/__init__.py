@@ -1,0 +1,1 @@
+"""Driving sequences: the in-memory frame representation, generators, readers and writers."""
