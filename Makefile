@@ -21,13 +21,14 @@ PYTEST_ARGS ?=
 BUILD_INPUTS := package.xml CMakeLists.txt $(shell find msg srv sam4d_ros sam4d_core launch config \
 	rviz test/env/tf2_msgs -name __pycache__ -prune -o -type f -print 2>/dev/null)
 
-.PHONY: help env build test lint bench-conversions lock clean
+.PHONY: help env build test lint bench-conversions sample-data lock clean
 
 help:
 	@echo "make test               set up .venv and .build if needed, then run the tests"
 	@echo "make env | build        only the venv | the venv and the colcon build"
 	@echo "make lint               ruff over the repository"
 	@echo "make bench-conversions  message conversion benchmark (table + .build/bench/conversions.json)"
+	@echo "make sample-data        regenerate test/data/synthetic_drive bit for bit (--check: compare)"
 	@echo "make lock               rewrite requirements.lock from the current venv"
 	@echo "make clean              remove .build (keeps .venv)"
 
@@ -57,6 +58,9 @@ lint: $(VENV_STAMP)
 
 bench-conversions: $(BUILD_STAMP)
 	@$(RUN) python -m sam4d_ros.benchmarks.conversions --json $(BUILD_DIR)/bench/conversions.json
+
+sample-data: $(BUILD_STAMP)
+	@$(RUN) python test/data/regenerate_synthetic_drive.py
 
 lock: $(VENV_STAMP)
 	@$(VENV)/bin/python test/env/write_lock.py requirements.lock

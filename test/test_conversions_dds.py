@@ -43,7 +43,7 @@ def received(rclpy_context, ros_process):
     listener = TfListener(node, tf_buffer)
 
     def ready() -> bool:
-        return len(got) == len(topics) and tf_buffer.can_transform("odom", "lidar", 0)
+        return len(got) == len(topics) and tf_buffer.can_transform("odom", "lidar")
 
     try:
         ok = spin_until(executor, ready, 30.0)

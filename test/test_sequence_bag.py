@@ -11,11 +11,15 @@ from random_sequence import assert_sequences_equal, make_sequence, random_pose
 from rosbags.interfaces import QosDurability
 from rosbags.rosbag2 import Reader, Writer
 
+from sam4d_core.data.errors import DatasetError
 from sam4d_ros.recording import (
+    BagError,
+    BagTfExtrapolationError,
+    BagTfGapError,
     BagTopics,
+    ExtrapolationError,
     MissingTopicError,
     SequenceBagReader,
-    TfBuffer,
     TfGapError,
     TfLookupError,
     read_bag_metadata,
@@ -128,12 +132,10 @@ def test_bag_contents_frame_ids_and_stamps(bag: Path, sequence) -> None:
     _, labels = msgs[t.instance_labels("left")][0]
     assert labels.encoding == "mono16" and labels.header.frame_id == "left_optical_frame"
     _, lab = msgs[t.gt_labeled_points][0]
-    assert [(f.name, f.datatype) for f in lab.fields] == [
-        ("x", 7),
-        ("y", 7),
-        ("z", 7),
-        ("label", 5),
-    ]
+    # Labels only (int32), point k labels point k of the sweep with the same stamp.
+    assert [(f.name, f.datatype, f.offset) for f in lab.fields] == [("label", 5, 0)]
+    assert lab.header == cloud.header and (lab.width, lab.point_step) == (cloud.width, 4)
+    np.testing.assert_array_equal(np.frombuffer(lab.data, "<i4"), f0.point_labels)
     _, objs = msgs[t.gt_objects][0]
     table = json.loads(objs.data)
     assert table["stamp"] == {"sec": ns0 // 10**9, "nanosec": ns0 % 10**9}
@@ -147,6 +149,35 @@ def test_bag_contents_frame_ids_and_stamps(bag: Path, sequence) -> None:
         "front": "front_optical_frame",
         "left": "left_optical_frame",
     }
+
+
+def test_chunk_compression_and_identical_rewrites(tmp_path: Path, bag: Path, sequence) -> None:
+    mcap_reader = pytest.importorskip("mcap.reader")
+    # The default MCAP bag: zstd-compressed chunks, readable by the reference MCAP library, and
+    # metadata.yaml says "no file/message compression" as rosbag2 does for chunk compression.
+    with (bag / "drive.mcap").open("rb") as f:
+        r = mcap_reader.make_reader(f)
+        summary = r.get_summary()
+        assert {c.compression for c in summary.chunk_indexes} == {"zstd"}
+        n = sum(1 for _ in r.iter_messages())
+    assert n == summary.statistics.message_count > 0
+    meta = (bag / "metadata.yaml").read_text()
+    assert "compression_mode: ''" in meta and "compression_format: ''" in meta
+    plain = write_sequence_bag(sequence, tmp_path / "plain", chunk_compression="none")
+    with (plain / "plain.mcap").open("rb") as f:
+        chunks = mcap_reader.make_reader(f).get_summary().chunk_indexes
+    assert {c.compression for c in chunks} == {""}
+    assert (plain / "plain.mcap").stat().st_size > (bag / "drive.mcap").stat().st_size
+    assert_sequences_equal(sequence, read_sequence_bag(plain), time_atol=0.0, pose_atol=1e-12)
+    with pytest.raises(ValueError, match="needs storage 'mcap'"):
+        write_sequence_bag(sequence, tmp_path / "x", storage="sqlite3", chunk_compression="zstd")
+    with pytest.raises(ValueError, match="chunk_compression must be"):
+        write_sequence_bag(sequence, tmp_path / "x", chunk_compression="lz4")
+    assert not (tmp_path / "x").exists()
+    # No wall-clock time, host or random id in the files: the same input gives the same bytes.
+    again = write_sequence_bag(sequence, tmp_path / "drive")
+    for name in ("metadata.yaml", "drive.mcap"):
+        assert (again / name).read_bytes() == (bag / name).read_bytes(), name
 
 
 def test_mounting_offset_and_large_ids(tmp_path: Path) -> None:
@@ -227,6 +258,16 @@ def test_tf_gap_is_an_error(tmp_path: Path) -> None:
     msg = str(info.value)
     assert msg.startswith("/tf:") and f"{seq[0].timestamp:.6f} s" in msg
     assert f"{seq[4].timestamp:.6f} s" in msg and "(0.400 s > max gap 0.300 s)" in msg
+    # Both a data set error (the CLI reports those) and the TF buffer's own error type.
+    err = info.value
+    assert isinstance(err, DatasetError) and isinstance(err, ExtrapolationError)
+    assert isinstance(err, BagTfGapError) and err.path == "/tf"
+    assert (err.parent, err.child, err.before_ns, err.after_ns) == (
+        "odom",
+        "base_link",
+        to_ns(seq[0].timestamp),
+        to_ns(seq[4].timestamp),
+    )
     # Allowed to bridge it, the poses are interpolated (and exact where samples exist).
     back = read_sequence_bag(tmp_path / "gap", max_tf_gap=1.0)
     np.testing.assert_allclose(back[5].world_from_lidar, seq[5].world_from_lidar, atol=1e-12)
@@ -239,6 +280,76 @@ def test_tf_gap_is_an_error(tmp_path: Path) -> None:
     _copy_bag(tmp_path / "full", tmp_path / "notf", lambda t, ns: True, ("/tf", "/tf_static"))
     with pytest.raises(MissingTopicError, match="'/tf' is not in the bag"):
         read_sequence_bag(tmp_path / "notf")
+    # A sweep after the last pose: outside the data (not a gap), named with its topic.
+    last = to_ns(seq[5].timestamp)
+    _copy_bag(tmp_path / "full", tmp_path / "short", lambda t, ns: t != "/tf" or ns != last)
+    with pytest.raises(
+        BagTfExtrapolationError,
+        match=rf"^/tf: no transform 'odom' -> 'base_link' at {seq[5].timestamp:.6f} s: "
+        rf"the data covers {seq[0].timestamp:.6f} s \.\. {seq[4].timestamp:.6f} s$",
+    ) as info:
+        read_sequence_bag(tmp_path / "short")
+    assert not isinstance(info.value, TfGapError) and isinstance(info.value, DatasetError)
+
+
+def test_tf_tree_must_be_a_tree_in_a_bag(tmp_path: Path) -> None:
+    seq = make_sequence(seed=15, num_frames=2, cameras=("front",))
+    write_sequence_bag(seq, tmp_path / "full")
+    with Reader(tmp_path / "full") as reader, Writer(tmp_path / "two", version=8) as writer:
+        conns = {
+            c.id: writer.add_connection(c.topic, c.msgtype, typestore=TYPESTORE)
+            for c in reader.connections
+        }
+        for c, ns, raw in reader.messages():
+            if c.topic == "/tf":
+                msg = TYPESTORE.deserialize_cdr(raw, c.msgtype)
+                msg.transforms[0].header.frame_id = (
+                    "map" if ns != to_ns(seq[0].timestamp) else "odom"
+                )
+                raw = TYPESTORE.serialize_cdr(msg, c.msgtype)
+            writer.write(conns[c.id], ns, raw)
+    with pytest.raises(
+        BagError, match=r"^/tf: frame 'base_link' has two parents, 'odom' and 'map'"
+    ):
+        read_sequence_bag(tmp_path / "two")
+
+
+def test_labeled_points_with_coordinates_are_read(tmp_path: Path, bag: Path, sequence) -> None:
+    """Bags from before the labels-only format (x, y, z, label) still give their labels."""
+    with Reader(bag) as reader, Writer(tmp_path / "old", version=8) as writer:
+        conns = {
+            c.id: writer.add_connection(c.topic, c.msgtype, typestore=TYPESTORE)
+            for c in reader.connections
+        }
+        for c, ns, raw in reader.messages():
+            if c.topic == BagTopics().gt_labeled_points:
+                msg = TYPESTORE.deserialize_cdr(raw, c.msgtype)
+                labels = np.frombuffer(msg.data, "<i4")
+                xyzl = np.zeros((labels.size, 4), "<f4")
+                xyzl[:, 3] = labels.view("<f4")  # the int32 bits in the 4th slot
+                pf = TYPESTORE.types["sensor_msgs/msg/PointField"]
+                msg.fields = [
+                    pf(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyz")
+                ] + [pf(name="label", offset=12, datatype=5, count=1)]
+                msg.point_step, msg.row_step = 16, 16 * labels.size
+                msg.data = xyzl.view(np.uint8).reshape(-1)
+                raw = TYPESTORE.serialize_cdr(msg, c.msgtype)
+            writer.write(conns[c.id], ns, raw)
+    back = read_sequence_bag(tmp_path / "old")
+    for a, b in zip(sequence.frames, back.frames, strict=True):
+        np.testing.assert_array_equal(a.point_labels, b.point_labels)
+
+
+def test_stamps_from_zero(tmp_path: Path) -> None:
+    """KITTI and synthetic sequences may start at t = 0 s: 0 is a time, not "latest"."""
+    seq = make_sequence(seed=18, num_frames=3, t0=0.0)
+    for f in seq.frames:  # the random camera offsets would put an image before 0
+        for cam in f.cameras.values():
+            cam.timestamp = f.timestamp
+    write_sequence_bag(seq, tmp_path / "b")
+    back = read_sequence_bag(tmp_path / "b")
+    assert back[0].timestamp == 0.0
+    assert_sequences_equal(seq, back, time_atol=0.0, pose_atol=1e-12)
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
@@ -265,43 +376,6 @@ def test_overwrite(tmp_path: Path) -> None:
     write_sequence_bag(seq, tmp_path / "b", overwrite=True)
     assert read_sequence_bag(tmp_path / "b").name == "renamed"
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
-
-
-# ------------------------------------------------------------------------------ TF buffer
-
-
-def test_tf_buffer_interpolates_and_reports() -> None:
-    def yaw(a: float, x: float) -> np.ndarray:
-        m = np.eye(4)
-        m[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
-        m[0, 3] = x
-        return m
-
-    tf = TfBuffer(max_gap=0.5)
-    tf.add("odom", "base", 1_000_000_000, yaw(0.0, 0.0), "/tf")
-    tf.add("odom", "base", 1_400_000_000, yaw(0.4, 2.0), "/tf")
-    tf.add_static("base", "cam", yaw(np.pi / 2, 1.0), "/tf_static")
-    mid = tf.lookup("odom", "base", 1_100_000_000)
-    np.testing.assert_allclose(mid, yaw(0.1, 0.5), atol=1e-12)
-    # Through the common ancestor: cam <- base never needs the odometry edge or a time in it.
-    np.testing.assert_allclose(
-        tf.lookup("cam", "base", 0), np.linalg.inv(yaw(np.pi / 2, 1.0)), atol=1e-12
-    )
-    np.testing.assert_allclose(
-        tf.lookup("base", "odom", 1_400_000_000) @ tf.lookup("odom", "base", 1_400_000_000),
-        np.eye(4),
-        atol=1e-12,
-    )
-    with pytest.raises(TfGapError, match="data covers 1.000000 s .. 1.400000 s"):
-        tf.lookup("odom", "base", 2_000_000_000)
-    tf.add("odom", "base", 3_000_000_000, yaw(0.0, 0.0), "/tf")
-    with pytest.raises(TfGapError, match=r"between 1.400000 s and 3.000000 s \(1.600 s > max gap"):
-        tf.lookup("odom", "base", 2_000_000_000)
-    with pytest.raises(TfLookupError, match="unknown TF frame 'map'"):
-        tf.lookup("map", "base", 1_000_000_000)
-    tf.add_static("world", "island", np.eye(4), "/tf_static")
-    with pytest.raises(TfLookupError, match="not connected"):
-        tf.lookup("island", "base", 1_000_000_000)
 
 
 def test_real_ros_messages_deserialize_the_bag(bag: Path, sequence) -> None:

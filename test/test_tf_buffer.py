@@ -1,6 +1,7 @@
-"""TfBuffer: chains, interpolation, static edges, latest-common-time, extrapolation limits, unknown
-and disconnected frames, history bounds and thread safety, against hand-computed matrices and fed
-with real geometry_msgs/TransformStamped messages."""
+"""TfBuffer: chains, interpolation, static edges, latest-common-time, stamp 0 as a real time,
+extrapolation limits, interpolation gaps, unknown and disconnected frames, history bounds (and
+unbounded history for recordings) and thread safety, against hand-computed matrices and fed with
+real geometry_msgs/TransformStamped messages."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sam4d_ros.tf_buffer import (
     DisconnectedFramesError,
     ExtrapolationError,
     TfBuffer,
+    TfGapError,
     TfLookupError,
     UnknownFrameError,
 )
@@ -100,16 +102,42 @@ def test_static_edges_valid_at_any_time(tree):
     expected = np.array([[0.0, 1, 0, 0], [-1, 0, 0, 0.5], [0, 0, 1, 0.5], [0, 0, 0, 1]])
     for stamp in (1, 123 * S, 0):
         np.testing.assert_allclose(tree.lookup("camera", "lidar", stamp), expected, atol=1e-12)
-    assert tree.latest_common_time("camera", "lidar") == 0
+    assert tree.latest_common_time("camera", "lidar") is None  # static: valid at all times
     np.testing.assert_allclose(tree.lookup("lidar", "lidar", 5), np.eye(4))
 
 
-def test_stamp_zero_is_latest_common_time(tree):
+def test_stamp_none_is_latest_common_time(tree):
     assert tree.latest_common_time("map", "lidar") == 2 * S
     # map<-odom at 2 s: (3, 0, 0) yaw 90; odom<-base_link at 2 s: (0, 3, 0) (interpolated).
-    got = tree.lookup("map", "lidar", 0)
+    got = tree.lookup("map", "lidar")
     np.testing.assert_allclose(got, hom(RZ90, [0.0, 0.0, 2.0]), atol=1e-12)
+    np.testing.assert_allclose(got, tree.lookup("map", "lidar", None))
     np.testing.assert_allclose(got, tree.lookup("map", "lidar", 2 * S))
+    assert tree.can_transform("map", "lidar") and tree.can_transform("map", "lidar", None)
+    # 0 is a time like any other: before this tree's data, so it is not "latest".
+    with pytest.raises(ExtrapolationError, match=r"at t=0\.000000000 s would extrapolate"):
+        tree.lookup("map", "lidar", 0)
+    assert not tree.can_transform("map", "lidar", 0)
+    with pytest.raises(TypeError, match="integer"):
+        tree.lookup("map", "lidar", 1.5)
+
+
+def test_stamp_zero_is_a_real_time():
+    """KITTI and synthetic sequences start at t = 0 s: a lookup at 0 must get the sample at 0."""
+    buf = TfBuffer(cache_time_s=None)
+    buf.set_transform("odom", "base_link", 0, ([1.0, 0, 0], [0, 0, 0, 1]))
+    buf.set_transform("odom", "base_link", S, ([3.0, 0, 0], [0, 0, 0, 1]))
+    assert buf.lookup("odom", "base_link", 0)[0, 3] == 1.0
+    assert buf.lookup("odom", "base_link", S // 2)[0, 3] == 2.0
+    assert buf.lookup("odom", "base_link")[0, 3] == 3.0  # None: the latest
+    assert buf.time_range("odom", "base_link") == (0, S)
+    # A chain whose only dynamic edge has one sample, at 0: its latest common time is 0.
+    only = TfBuffer()
+    only.set_transform("odom", "base_link", 0, ([5.0, 0, 0], [0, 0, 0, 1]))
+    only.set_transform("base_link", "lidar", 0, ([0, 0, 2.0], [0, 0, 0, 1]), static=True)
+    assert only.latest_common_time("odom", "lidar") == 0
+    np.testing.assert_allclose(only.lookup("odom", "lidar")[:3, 3], [5, 0, 2])
+    np.testing.assert_allclose(only.lookup("odom", "lidar", 0)[:3, 3], [5, 0, 2])
 
 
 def test_extrapolation_limits(tree):
@@ -136,7 +164,7 @@ def test_extrapolation_limits(tree):
 
 def test_unknown_and_disconnected_frames(tree):
     with pytest.raises(UnknownFrameError, match="frame 'nope' does not exist"):
-        tree.lookup("map", "nope", 0)
+        tree.lookup("map", "nope")
     tree.set_transform("a", "b", S, np.eye(4))
     with pytest.raises(
         DisconnectedFramesError,
@@ -147,6 +175,9 @@ def test_unknown_and_disconnected_frames(tree):
     assert not tree.can_transform("b", "lidar")
     assert issubclass(DisconnectedFramesError, TfLookupError)
     assert tree.parent_of("lidar") == "base_link" and tree.parent_of("map") is None
+    assert tree.root_of("lidar") == "map" and tree.root_of("b") == "a" and tree.root_of("a") == "a"
+    with pytest.raises(UnknownFrameError):
+        tree.root_of("nope")
     assert "/map" not in tree.frames() and tree.lookup("/map", "odom", S).shape == (4, 4)
 
 
@@ -195,6 +226,81 @@ def test_history_is_bounded_and_reparenting_resets():
     assert buf2.frames() == []
 
 
+def test_unbounded_history_for_recordings():
+    """cache_time_s=None, max_samples_per_edge=None: a whole recording stays queryable."""
+    buf = TfBuffer(cache_time_s=None, max_samples_per_edge=None)
+    n = 25_000  # more than the default bound of 10 000 samples, over 2500 s (> 10 s cache)
+    for i in range(n):
+        buf.set_transform("odom", "base_link", i * S // 10, ([i / 10, 0, 0], [0, 0, 0, 1]))
+    assert buf.time_range("odom", "base_link") == (0, (n - 1) * S // 10)
+    assert buf.lookup("odom", "base_link", 0)[0, 3] == 0.0
+    assert buf.lookup("odom", "base_link", S // 20)[0, 3] == pytest.approx(0.05, abs=1e-12)
+    bounded = TfBuffer(cache_time_s=None, max_samples_per_edge=5)  # sample bound alone
+    for i in range(8):
+        bounded.set_transform("odom", "base_link", i * S, np.eye(4))
+    assert bounded.time_range("odom", "base_link") == (3 * S, 7 * S)
+    with pytest.raises(ValueError, match="cache_time_s"):
+        TfBuffer(cache_time_s=0.0)
+    with pytest.raises(ValueError, match="max_samples_per_edge"):
+        TfBuffer(max_samples_per_edge=1)
+    with pytest.raises(ValueError, match="max_interpolation_gap_s"):
+        TfBuffer(max_interpolation_gap_s=0.0)
+
+
+def yaw_x(a: float, x: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    m[0, 3] = x
+    return m
+
+
+def test_interpolation_gap_and_common_ancestor():
+    """The checks of the recording reader's former buffer, on the merged one."""
+    tf = TfBuffer(cache_time_s=None, max_samples_per_edge=None, max_interpolation_gap_s=0.5)
+    tf.set_transform("odom", "base", 1_000_000_000, yaw_x(0.0, 0.0))
+    tf.set_transform("odom", "base", 1_400_000_000, yaw_x(0.4, 2.0))
+    tf.set_transform("base", "cam", 0, yaw_x(np.pi / 2, 1.0), static=True)
+    mid = tf.lookup("odom", "base", 1_100_000_000)
+    np.testing.assert_allclose(mid, yaw_x(0.1, 0.5), atol=1e-12)
+    # Through the common ancestor: cam <- base never needs the odometry edge or a time in it.
+    np.testing.assert_allclose(
+        tf.lookup("cam", "base", 0), np.linalg.inv(yaw_x(np.pi / 2, 1.0)), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        tf.lookup("base", "odom", 1_400_000_000) @ tf.lookup("odom", "base", 1_400_000_000),
+        np.eye(4),
+        atol=1e-12,
+    )
+    with pytest.raises(
+        ExtrapolationError, match=r"data covers \[1\.000000000, 1\.400000000\] s"
+    ) as outside:
+        tf.lookup("odom", "base", 2_000_000_000)
+    assert not isinstance(outside.value, TfGapError)
+    tf.set_transform("odom", "base", 3_000_000_000, yaw_x(0.0, 0.0))
+    with pytest.raises(
+        TfGapError,
+        match=r"gap in edge 'odom' -> 'base': lookup at t=2\.000000000 s falls between samples "
+        r"at 1\.400000000 s and 3\.000000000 s, 1\.600 s apart \(max interpolation gap 0\.5 s\)",
+    ) as gap:
+        tf.lookup("odom", "base", 2_000_000_000)
+    e = gap.value
+    assert isinstance(e, ExtrapolationError) and isinstance(e, TfLookupError)
+    assert (e.parent, e.child, e.stamp_ns) == ("odom", "base", 2 * S)
+    assert (e.before_ns, e.after_ns, e.max_gap_s) == (1_400_000_000, 3 * S, 0.5)
+    assert (e.oldest_ns, e.newest_ns) == (S, 3 * S)
+    # Exact samples and the lookup that needs no bridging still work; no limit: tf2's behaviour.
+    np.testing.assert_allclose(tf.lookup("odom", "base", 3 * S), np.eye(4), atol=1e-15)
+    lenient = TfBuffer(cache_time_s=None)
+    lenient.set_transform("odom", "base", S, yaw_x(0.0, 0.0))
+    lenient.set_transform("odom", "base", 3 * S, yaw_x(0.0, 2.0))
+    assert lenient.lookup("odom", "base", 2 * S)[0, 3] == pytest.approx(1.0)
+    with pytest.raises(UnknownFrameError, match="frame 'map' does not exist"):
+        tf.lookup("map", "base", 1_000_000_000)
+    tf.set_transform("world", "island", 0, np.eye(4), static=True)
+    with pytest.raises(DisconnectedFramesError, match="not connected"):
+        tf.lookup("island", "base", 1_000_000_000)
+
+
 def test_concurrent_writers_and_readers():
     buf = TfBuffer(cache_time_s=1000.0)
     buf.set_transform("world", "robot", S, ([1.0, 0, 0], [0, 0, 0, 1]))
@@ -215,7 +321,7 @@ def test_concurrent_writers_and_readers():
                 stamp = int(rng.integers(lo, hi + 1))
                 x = buf.lookup("world", "robot", stamp)[0, 3]
                 assert abs(x - stamp / S) < 1e-6  # x == time along a straight line
-                buf.lookup("robot", "world", 0)
+                buf.lookup("robot", "world")
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

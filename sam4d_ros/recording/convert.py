@@ -177,6 +177,7 @@ def _bag_options(args: argparse.Namespace) -> dict[str, Any]:
         "compression_format": "png" if args.images == "png" else "jpeg",
         "jpeg_quality": args.jpeg_quality,
         "storage": args.storage,
+        "chunk_compression": args.chunk_compression,
         "ground_truth": not args.no_ground_truth,
         "overwrite": args.overwrite,
     }
@@ -237,16 +238,26 @@ def _synthetic_generator(args: argparse.Namespace) -> Any:
         for k, v in (("seed", args.seed), ("num_frames", args.frames), ("name", args.name))
         if v is not None
     }
-    return SyntheticGenerator(make_config(args.preset, **overrides))
+    gen = SyntheticGenerator(make_config(args.preset, **overrides))
+    if args.first is not None and not 1 <= args.first <= len(gen):
+        raise ValueError(f"--first {args.first} must be in [1, {len(gen)}] (the sequence length)")
+    return gen
+
+
+def _synthetic_frames(gen: Any, args: argparse.Namespace) -> tuple[Iterator[Frame], int]:
+    """The frames to convert and their number: all, or the first ``--first`` of them."""
+    total = len(gen) if args.first is None else args.first
+    return itertools.islice(gen.frames(), total), total
 
 
 def cmd_synthetic_to_waymo(args: argparse.Namespace) -> list[tuple[str, str]]:
     gen = _synthetic_generator(args)
     progress = Progress("render", enabled=not args.quiet)
     frames = []
-    for k, frame in enumerate(gen.frames()):
+    todo, total = _synthetic_frames(gen, args)
+    for k, frame in enumerate(todo):
         frames.append(frame)
-        progress(k + 1, len(gen))
+        progress(k + 1, total)
     cfg = gen.config
     seq = Sequence(
         name=cfg.sequence_name,
@@ -264,12 +275,12 @@ def cmd_synthetic_to_bag(args: argparse.Namespace) -> list[tuple[str, str]]:
     cfg = gen.config
     # Rendering is the slow part, so stream: render, write, forget. The cameras are rigidly
     # mounted, so the first frame's extrinsics are the static calibration.
-    frames = gen.frames()
+    frames, total = _synthetic_frames(gen, args)
     first = next(frames)
     static = {c: cam.cam_from_lidar for c, cam in first.cameras.items()}
     _write_bag(
         _counted(itertools.chain([first], frames), args.stats),
-        len(gen),
+        total,
         args.output,
         name=cfg.sequence_name,
         point_fields=tuple(cfg.lidar.point_fields),
@@ -481,6 +492,12 @@ def _add_bag_output(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (default 90)")
     g.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage")
     g.add_argument(
+        "--chunk-compression",
+        choices=("zstd", "none"),
+        default=None,
+        help="MCAP chunk compression (default zstd for mcap, none for sqlite3)",
+    )
+    g.add_argument(
         "--no-ground-truth", action="store_true", help="leave out the /ground_truth topics"
     )
 
@@ -522,6 +539,13 @@ def _add_synthetic(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     g.add_argument("--frames", type=int, help="number of frames (default: the preset's)")
+    g.add_argument(
+        "--first",
+        type=int,
+        metavar="N",
+        help="convert only the first N frames; unlike --frames the scene stays the one of the "
+        "full sequence, so they are identical to the start of a full conversion",
+    )
     g.add_argument("--name", help="sequence name (default: the preset's)")
 
 

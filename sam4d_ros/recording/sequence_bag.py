@@ -15,15 +15,22 @@ Written and read with the ``rosbags`` library, so it needs no ROS install and im
                                                         ``<lidar> -> <cam>_optical_frame``
 ``/ground_truth/<cam>/instance_labels``                 sensor_msgs/Image mono16 (32SC1 when ids
                                                         exceed 65535), 0 = background
-``/ground_truth/lidar/labeled_points``                  PointCloud2 x y z float32 + label int32
-                                                        (0 background, -1 ignore)
+``/ground_truth/lidar/labeled_points``                  PointCloud2 with one field, label int32
+                                                        (0 background, -1 ignore), point k of the
+                                                        sweep with the same stamp
 ``/ground_truth/objects``                               std_msgs/String, JSON object table
 ======================================================  =========================================
 
 The object table is ``{"stamp": {"sec", "nanosec"}, "frame_index", "objects": [{"object_id",
 "semantic", "score", "volume"}]}``, stamped like the sweep it belongs to (String has no header).
+The labeled cloud holds no coordinates: they would repeat the sweep's (and float coordinates are
+what compresses worst); the reader also accepts one with x, y, z besides ``label``.
 Bags are rosbag2 format version 8 with the message definitions of ROS 2 Humble (identical for
 these types up to Kilted); ``/tf_static`` is offered as transient local, like a latched topic.
+MCAP files are written with zstd chunk compression by default (what ``ros2 bag record
+--storage-preset-profile zstd_fast`` does; every MCAP reader handles it). A bag's bytes depend only
+on its content and the library versions (no wall-clock time, host or random id is stored), so
+writing the same sequence twice gives identical files.
 
 Stamps: a sweep's messages carry the frame timestamp, a camera's messages the camera timestamp
 (the sweep's when the camera has none); the bag's log time equals the header stamp. A camera
@@ -65,7 +72,7 @@ from rosbags.interfaces import (
     QosReliability,
     QosTime,
 )
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_typestore
 
@@ -78,14 +85,18 @@ from sam4d_core.codecs.image import (
     encode_image_array,
     to_rgb,
 )
-from sam4d_core.codecs.pointcloud import INTENSITY_ALIASES, decode_points, encode_points, find_field
-from sam4d_core.codecs.transform import invert_transform, matrix_to_tq, tq_to_matrix
+from sam4d_core.codecs.pointcloud import INTENSITY_ALIASES, encode_points, find_field
+from sam4d_core.codecs.transform import invert_transform, matrix_to_tq
 from sam4d_core.data.errors import DatasetError
 from sam4d_core.data.sequence import CameraFrame, Frame, ObjectInfo, Sequence
-from sam4d_ros.recording.tf_buffer import TfBuffer, TfLookupError
+from sam4d_ros.conversions.pointcloud2 import pointcloud2_to_array
+from sam4d_ros.tf_buffer import ExtrapolationError, TfBuffer, TfGapError, TfLookupError
 
 __all__ = [
     "BagError",
+    "BagTfError",
+    "BagTfExtrapolationError",
+    "BagTfGapError",
     "BagTopics",
     "MissingTopicError",
     "SequenceBagReader",
@@ -112,6 +123,36 @@ class BagError(DatasetError):
 
 class MissingTopicError(BagError):
     """A topic that the reader needs is not in the bag; the message lists the bag's topics."""
+
+
+class BagTfError(BagError, TfLookupError):
+    """A pose or extrinsic that the bag's TF cannot provide.
+
+    Both a :class:`BagError` (a ``DatasetError``: names the topic or bag) and a
+    ``sam4d_ros.tf_buffer.TfLookupError``. ``lookup_error`` is the buffer's own error (None when
+    the reader found the problem itself); its attributes (``parent``, ``child``, ``stamp_ns``, ...)
+    are copied onto this error.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        path: str | os.PathLike[str] | None = None,
+        lookup_error: TfLookupError | None = None,
+    ) -> None:
+        if lookup_error is not None:
+            vars(self).update(vars(lookup_error))
+        self.lookup_error = lookup_error
+        BagError.__init__(self, reason, path)
+
+
+class BagTfExtrapolationError(BagTfError, ExtrapolationError):
+    """The lookup time is outside an edge's recorded TF (a ``tf_buffer.ExtrapolationError``)."""
+
+
+class BagTfGapError(BagTfExtrapolationError, TfGapError):
+    """The TF samples around the lookup time are further apart than ``max_tf_gap`` (a
+    ``tf_buffer.TfGapError``)."""
 
 
 @dataclass(frozen=True)
@@ -197,12 +238,29 @@ def _transform_msg(
     )
 
 
-def _transform_matrix(tf: Any, topic: str) -> np.ndarray:
+def _tf_name(frame: str) -> str:
+    """A frame id as the TF buffer stores it (one leading slash dropped, as tf2 does)."""
+    return frame[1:] if frame.startswith("/") else frame
+
+
+def _add_transform(
+    buffer: TfBuffer, tf: Any, topic: str, static: bool, parents: dict[str, str]
+) -> None:
+    """Add one TransformStamped of the bag to ``buffer``; BagError names the topic when it is
+    invalid or when a frame gets a second parent (a recording's TF must be one tree)."""
+    parent, child = tf.header.frame_id, tf.child_frame_id
+    what = f"{parent!r} -> {child!r}"
+    known = parents.setdefault(_tf_name(child), _tf_name(parent))
+    if known != _tf_name(parent):
+        raise BagError(
+            f"frame {child!r} has two parents, {known!r} and {parent!r} (TF must be a tree)", topic
+        )
     r, t = tf.transform.rotation, tf.transform.translation
     try:
-        return tq_to_matrix((t.x, t.y, t.z), (r.x, r.y, r.z, r.w))
+        buffer.set_transform(
+            parent, child, _msg_ns(tf.header), ((t.x, t.y, t.z), (r.x, r.y, r.z, r.w)), static
+        )
     except CodecError as e:
-        what = f"{tf.header.frame_id!r} -> {tf.child_frame_id!r}"
         raise BagError(f"bad transform {what}: {e}", topic) from None
 
 
@@ -332,6 +390,7 @@ class SequenceBagWriter:
         compression_format: Literal["jpeg", "png"] = "jpeg",
         jpeg_quality: int = 90,
         storage: Literal["mcap", "sqlite3"] = "mcap",
+        chunk_compression: Literal["zstd", "none"] | None = None,
         topics: BagTopics = BagTopics(),  # noqa: B008 - frozen dataclass, safe as a default
         base_frame_id: str = "base_link",
         base_from_lidar: np.ndarray | None = None,
@@ -342,6 +401,17 @@ class SequenceBagWriter:
         self.path = Path(path)
         if storage not in ("mcap", "sqlite3"):
             raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
+        if chunk_compression is None:
+            chunk_compression = "zstd" if storage == "mcap" else "none"
+        if chunk_compression not in ("zstd", "none"):
+            raise ValueError(
+                f"chunk_compression must be 'zstd' or 'none', got {chunk_compression!r}"
+            )
+        if chunk_compression == "zstd" and storage != "mcap":
+            raise ValueError(
+                "chunk_compression 'zstd' needs storage 'mcap' (sqlite3 has no chunks)"
+            )
+        self.chunk_compression = chunk_compression
         if compression_format not in ("jpeg", "png"):
             raise ValueError(
                 f"compression_format must be 'jpeg' or 'png', got {compression_format!r}"
@@ -388,6 +458,10 @@ class SequenceBagWriter:
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         try:
             self._writer: Writer | None = Writer(self._tmp_bag, version=8, storage_plugin=plugin)
+            if chunk_compression == "zstd":
+                # STORAGE mode = MCAP chunk compression; metadata.yaml then says "no
+                # compression", as rosbag2 does for it, so every rosbag2 reader opens the bag.
+                self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
             self._writer.open()
         except Exception:
             shutil.rmtree(self._tmp_parent, ignore_errors=True)
@@ -526,6 +600,7 @@ def write_sequence_bag(
     compression_format: Literal["jpeg", "png"] = "jpeg",
     jpeg_quality: int = 90,
     storage: Literal["mcap", "sqlite3"] = "mcap",
+    chunk_compression: Literal["zstd", "none"] | None = None,
     topics: BagTopics = BagTopics(),  # noqa: B008 - frozen dataclass, safe as a default
     base_frame_id: str = "base_link",
     base_from_lidar: np.ndarray | None = None,
@@ -540,6 +615,8 @@ def write_sequence_bag(
         compressed_images: CompressedImage (``compression_format`` jpeg, lossy, or png, lossless)
             instead of rgb8 Image.
         storage: ``"mcap"`` (default) or ``"sqlite3"``.
+        chunk_compression: ``"zstd"`` (MCAP chunks compressed with zstd) or ``"none"``; default
+            zstd for MCAP, none for sqlite3 (which has no chunks; zstd there is a ValueError).
         base_frame_id / base_from_lidar: the vehicle frame between the world and the LiDAR; the
             (4, 4) LiDAR mounting pose in it (default identity). ``/tf`` carries
             ``world_from_base = world_from_lidar @ inv(base_from_lidar)``.
@@ -565,6 +642,7 @@ def write_sequence_bag(
         compression_format=compression_format,
         jpeg_quality=jpeg_quality,
         storage=storage,
+        chunk_compression=chunk_compression,
         topics=topics,
         base_frame_id=base_frame_id,
         base_from_lidar=base_from_lidar,
@@ -623,10 +701,8 @@ def _frame_messages(
         labels = np.asarray(frame.point_labels)
         if labels.shape != (pts.shape[0],):
             raise ValueError(f"frame {k}: point_labels shape {labels.shape} != ({pts.shape[0]},)")
-        lab = np.empty(
-            pts.shape[0], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("label", "<i4")]
-        )
-        lab["x"], lab["y"], lab["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+        # Labels only: the coordinates are the sweep's (same stamp, same point order).
+        lab = np.empty(pts.shape[0], dtype=[("label", "<i4")])
         lab["label"] = labels
         out.append(
             (
@@ -763,15 +839,7 @@ class _BagIndex:
 def _decode_cloud(raw: bytes, where: str) -> np.ndarray:
     msg = TYPESTORE.deserialize_cdr(raw, "sensor_msgs/msg/PointCloud2")
     try:
-        return decode_points(
-            msg.data,
-            msg.fields,
-            msg.height,
-            msg.width,
-            msg.point_step,
-            msg.row_step,
-            msg.is_bigendian,
-        ).reshape(-1)
+        return pointcloud2_to_array(msg).reshape(-1)
     except CodecError as e:
         raise BagError(f"bad PointCloud2: {e}", where) from None
 
@@ -860,6 +928,32 @@ def _where(topic: str, ns: int) -> str:
     return f"{topic} @ {_ns_to_s(ns):.6f} s"
 
 
+def _fmt_s(ns: int) -> str:
+    return f"{_ns_to_s(ns):.6f} s"
+
+
+def _bag_tf_error(
+    e: TfLookupError, edge_topics: dict[str, str], fallback: Path, context: str = ""
+) -> BagTfError:
+    """The buffer's lookup error as a BagTfError naming the topic of the failing edge."""
+    if isinstance(e, TfGapError):
+        what = f"{e.parent!r} -> {e.child!r}"
+        gap = (e.after_ns - e.before_ns) * 1e-9
+        reason = (
+            f"gap in transform {what}: no sample between {_fmt_s(e.before_ns)} and "
+            f"{_fmt_s(e.after_ns)} ({gap:.3f} s > max gap {e.max_gap_s:.3f} s), "
+            f"needed at {_fmt_s(e.stamp_ns)}"
+        )
+        return BagTfGapError(context + reason, edge_topics.get(e.child, fallback), e)
+    if isinstance(e, ExtrapolationError):
+        reason = (
+            f"no transform {e.parent!r} -> {e.child!r} at {_fmt_s(e.stamp_ns)}: the data covers "
+            f"{_fmt_s(e.oldest_ns)} .. {_fmt_s(e.newest_ns)}"
+        )
+        return BagTfExtrapolationError(context + reason, edge_topics.get(e.child, fallback), e)
+    return BagTfError(context + str(e), fallback, e)
+
+
 class SequenceBagReader:
     """A recording indexed in one pass; frames are decoded when asked for.
 
@@ -886,12 +980,14 @@ class SequenceBagReader:
         self.topics = topics
         self.ground_truth = ground_truth
         self.camera_tolerance = camera_tolerance
+        if not max_tf_gap > 0:
+            raise ValueError(f"max_tf_gap must be > 0 s, got {max_tf_gap}")
         reader = _open(self.path)
         try:
             self.metadata = _custom_info(reader)
             self.available = sorted({c.topic for c in reader.connections})
             self._select_topics(cameras)
-            self._index, self.tf = self._read_index(reader, max_tf_gap)
+            self._index, self.tf, self._tf_topics = self._read_index(reader, max_tf_gap)
         finally:
             reader.close()
         if not self._index.clouds:
@@ -940,25 +1036,37 @@ class SequenceBagReader:
     def _world_frame(self, requested: str | None) -> str:
         if requested is not None:
             return requested
+        frames = self.tf.frames()
         meta_world = self.metadata.get("world_frame_id")
-        if meta_world and meta_world in self.tf.frames:
+        if meta_world and meta_world in frames:
             return str(meta_world)
         lidar = self.lidar_frame_id
-        if lidar not in self.tf.frames:
+        if lidar not in frames:
             t = self.topics
             if t.tf not in self.available and t.tf_static not in self.available:
                 raise _missing(t.tf, self.path, self.available, " (needed for the ego poses)")
-            raise TfLookupError(
-                f"no transform mentions the LiDAR frame {lidar!r} "
-                f"(TF frames: {sorted(self.tf.frames)})",
-                t.tf,
+            raise BagTfError(
+                f"no transform mentions the LiDAR frame {lidar!r} (TF frames: {frames})", t.tf
             )
         return self.tf.root_of(lidar)
 
-    def _read_index(self, reader: Reader, max_tf_gap: float) -> tuple[_BagIndex, TfBuffer]:
+    def _lookup(self, target: str, source: str, ns: int, context: str = "") -> np.ndarray:
+        try:
+            return self.tf.lookup(target, source, ns)
+        except TfLookupError as e:
+            raise _bag_tf_error(e, self._tf_topics, self.path, context) from None
+
+    def _read_index(
+        self, reader: Reader, max_tf_gap: float
+    ) -> tuple[_BagIndex, TfBuffer, dict[str, str]]:
         t = self.topics
         out = _BagIndex()
-        tf = TfBuffer(max_gap=max_tf_gap)
+        # The whole recording is read up front: keep every sample (no cache window).
+        tf = TfBuffer(
+            cache_time_s=None, max_samples_per_edge=None, max_interpolation_gap_s=max_tf_gap
+        )
+        edge_topics: dict[str, str] = {}  # child frame -> topic that carried its edge
+        parents: dict[str, str] = {}
         image_topics = {topic: c for c, topic in self._image_topic.items()}
         info_topics = {t.info(c): c for c in self.camera_names}
         mask_topics = {t.instance_labels(c): c for c in self.camera_names}
@@ -967,7 +1075,7 @@ class SequenceBagReader:
             wanted |= {t.gt_labeled_points, t.gt_objects, *mask_topics}
         conns = [c for c in reader.connections if c.topic in wanted]
         if not conns:  # an empty selection would mean "all connections" to rosbags
-            return out, tf
+            return out, tf, edge_topics
         for conn, _log_ns, raw in reader.messages(connections=conns):
             topic, mt = conn.topic, conn.msgtype
             try:
@@ -978,11 +1086,8 @@ class SequenceBagReader:
                 ) from None
             if topic in (t.tf, t.tf_static):
                 for tr in msg.transforms:
-                    m = _transform_matrix(tr, topic)
-                    if topic == t.tf_static:
-                        tf.add_static(tr.header.frame_id, tr.child_frame_id, m, topic)
-                    else:
-                        tf.add(tr.header.frame_id, tr.child_frame_id, _msg_ns(tr.header), m, topic)
+                    _add_transform(tf, tr, topic, topic == t.tf_static, parents)
+                    edge_topics[_tf_name(tr.child_frame_id)] = topic
             elif topic == t.gt_objects:
                 ns, objs = _parse_objects(msg.data, topic)
                 out.gt_objects[ns] = objs
@@ -1005,7 +1110,7 @@ class SequenceBagReader:
         out.clouds.sort(key=lambda c: c.ns)
         for c in self.camera_names:
             out.images[c].sort(key=lambda im: im.ns)
-        return out, tf
+        return out, tf, edge_topics
 
     # -- frames
 
@@ -1039,7 +1144,7 @@ class SequenceBagReader:
         pts, fields = _cloud_to_array(s, where)
         if fields != self.point_fields:
             raise BagError(f"cloud fields {fields} differ from the first cloud's", where)
-        pose = self.tf.lookup(self.world_frame_id, self.lidar_frame_id, ns)
+        pose = self._lookup(self.world_frame_id, self.lidar_frame_id, ns)
         frame = Frame(
             timestamp=_ns_to_s(ns), points=pts, cameras={}, world_from_lidar=pose, index=i
         )
@@ -1076,10 +1181,7 @@ class SequenceBagReader:
             raise BagError(f"no CameraInfo for camera {c!r}", self.topics.info(c))
         info_ns, info_frame, k, _size = min(infos, key=lambda x: abs(x[0] - im.ns))
         cam_frame = im.frame_id or info_frame
-        try:
-            cam_from_lidar = self.tf.lookup(cam_frame, self.lidar_frame_id, im.ns)
-        except TfLookupError as e:
-            raise type(e)(f"camera {c!r}: {e.reason}", e.path) from None
+        cam_from_lidar = self._lookup(cam_frame, self.lidar_frame_id, im.ns, f"camera {c!r}: ")
         cam = CameraFrame(
             name=c,
             image=rgb,
@@ -1162,7 +1264,9 @@ def read_sequence_bag(
 
     Raises:
         MissingTopicError: a needed topic is absent (the message lists the bag's topics).
-        TfGapError / TfLookupError: poses or extrinsics cannot be looked up.
+        BagTfGapError / BagTfError: poses or extrinsics cannot be looked up (a TF gap wider
+            than ``max_tf_gap``, a time outside the recorded TF, unknown or unconnected frames);
+            they are also ``sam4d_ros.tf_buffer.TfGapError`` / ``TfLookupError``.
         BagError: anything else wrong with the recording.
     """
     return SequenceBagReader(
