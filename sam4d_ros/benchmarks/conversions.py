@@ -21,6 +21,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmarks(args.repeat)
     _print_table(report)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
