@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,6 +220,8 @@ class TfBuffer:
         self._edges: dict[str, _Edge] = {}
         self._frames: set[str] = set()
         self._lock = threading.RLock()
+        # Signalled on every new transform, for lookups that wait for late odometry.
+        self._changed = threading.Condition(self._lock)
 
     # ------------------------------------------------------------------ writing
 
@@ -278,6 +281,7 @@ class TfBuffer:
                 edge.prune(oldest, self._max_samples)
             self._frames.add(parent)
             self._frames.add(child)
+            self._changed.notify_all()
 
     def add_message(self, tf_message: Any, static: bool = False) -> int:
         """Add every TransformStamped of a tf2_msgs/TFMessage (anything with ``.transforms``).
@@ -306,11 +310,19 @@ class TfBuffer:
             static,
         )
 
-    def clear(self) -> None:
-        """Forget everything (e.g. when a bag loops back in time)."""
+    def clear(self, keep_static: bool = False) -> None:
+        """Forget everything, or only the dynamic history with ``keep_static``.
+
+        A bag that loops back in time invalidates /tf's history but not /tf_static, which is
+        latched and will not be sent again.
+        """
         with self._lock:
-            self._edges.clear()
-            self._frames.clear()
+            if keep_static:
+                self._edges = {c: e for c, e in self._edges.items() if e.static}
+                self._frames = {f for c, e in self._edges.items() for f in (c, e.parent)}
+            else:
+                self._edges.clear()
+                self._frames.clear()
 
     # ------------------------------------------------------------------ reading
 
@@ -379,6 +391,25 @@ class TfBuffer:
         except TfLookupError:
             return False
         return True
+
+    def wait_for_transform(
+        self, target_frame: str, source_frame: str, stamp_ns: int | None, timeout_s: float
+    ) -> np.ndarray:
+        """``lookup``, waiting up to ``timeout_s`` for transforms that have not arrived yet.
+
+        Odometry often arrives a little after the sweep it belongs to; waiting here beats
+        dropping the sweep. Raises the last lookup error when the time runs out.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._changed:
+            while True:
+                try:
+                    return self.lookup(target_frame, source_frame, stamp_ns)
+                except TfLookupError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise
+                    self._changed.wait(remaining)
 
     def latest_common_time(self, target_frame: str, source_frame: str) -> int | None:
         """Newest stamp (ns) at which the chain between the two frames is fully known; None when

@@ -378,3 +378,34 @@ def test_listener_feeds_buffer_over_rclpy():
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_clear_keep_static_forgets_only_dynamic_history() -> None:
+    tree = TfBuffer()
+    tree.set_transform("base_link", "lidar", 0, np.eye(4), static=True)
+    tree.set_transform("odom", "base_link", 5 * S, np.eye(4))
+    tree.clear(keep_static=True)
+    assert tree.frames() == ["base_link", "lidar"]
+    np.testing.assert_array_equal(tree.lookup("base_link", "lidar"), np.eye(4))
+    with pytest.raises(UnknownFrameError):
+        tree.lookup("odom", "lidar", 5 * S)
+    tree.clear()
+    assert tree.frames() == []
+
+
+def test_wait_for_transform_returns_when_a_late_transform_arrives() -> None:
+    import threading
+
+    tree = TfBuffer()
+    tree.set_transform("odom", "base_link", 1 * S, np.eye(4))
+    late = np.eye(4)
+    late[0, 3] = 2.0
+    timer = threading.Timer(0.2, tree.set_transform, ("odom", "base_link", 3 * S, late))
+    timer.start()
+    try:
+        got = tree.wait_for_transform("odom", "base_link", 2 * S, timeout_s=10.0)
+    finally:
+        timer.cancel()
+    assert got[0, 3] == pytest.approx(1.0)  # interpolated between the old and the late sample
+    with pytest.raises(ExtrapolationError):
+        tree.wait_for_transform("odom", "base_link", 9 * S, timeout_s=0.05)
