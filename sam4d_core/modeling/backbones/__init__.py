@@ -1,0 +1,1 @@
+"""Feature extractors: the LiDAR encoder (MinkUNet) and, alongside it, the image encoder."""

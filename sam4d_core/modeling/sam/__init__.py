@@ -1,0 +1,69 @@
+"""SAM4D's SAM head: camera/LiDAR prompt encoders, the shared two-way mask decoder with its image
+and sparse LiDAR upsampling heads, IoU / object-score heads, object pointers and their ego-pose
+encoder.
+
+Layout mirrors SAM2 (``sam2/modeling/sam/``) and the official state dict
+(``pure_model.head.sam.*`` = :class:`SAMHead`; ``ego_pose_encoder.*`` = :class:`EgoPoseEncoder`).
+"""
+
+from sam4d_core.modeling.sam.ego_pose_encoder import EgoPoseEncoder, so3_exp, so3_log
+from sam4d_core.modeling.sam.mask_decoder import DecoderOutput, MaskDecoder
+from sam4d_core.modeling.sam.prompt_encoder import (
+    BOX_MAX_CORNER_LABEL,
+    BOX_MIN_CORNER_LABEL,
+    NEGATIVE_LABEL,
+    NOT_A_POINT_LABEL,
+    PAD_LABEL,
+    POSITIVE_LABEL,
+    PromptEmbeddings,
+    PromptEncoder2D,
+    PromptEncoder3D,
+    bev_boxes_to_points_3d,
+    boxes3d_to_points,
+    boxes_to_points_2d,
+    cross_modal_prompts,
+)
+from sam4d_core.modeling.sam.sam_head import (
+    NO_OBJ_SCORE,
+    HeadOutput,
+    ImagePrompts,
+    LidarPrompts,
+    SAMHead,
+    pointer_pos_enc,
+    use_multimask,
+)
+from sam4d_core.modeling.sam.sparse_ops import VoxelHierarchy, scatter_mean
+from sam4d_core.modeling.sam.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
+
+__all__ = [
+    "BOX_MAX_CORNER_LABEL",
+    "BOX_MIN_CORNER_LABEL",
+    "NEGATIVE_LABEL",
+    "NOT_A_POINT_LABEL",
+    "NO_OBJ_SCORE",
+    "PAD_LABEL",
+    "POSITIVE_LABEL",
+    "Attention",
+    "DecoderOutput",
+    "EgoPoseEncoder",
+    "HeadOutput",
+    "ImagePrompts",
+    "LidarPrompts",
+    "MaskDecoder",
+    "PromptEmbeddings",
+    "PromptEncoder2D",
+    "PromptEncoder3D",
+    "SAMHead",
+    "TwoWayAttentionBlock",
+    "TwoWayTransformer",
+    "VoxelHierarchy",
+    "bev_boxes_to_points_3d",
+    "boxes3d_to_points",
+    "boxes_to_points_2d",
+    "cross_modal_prompts",
+    "pointer_pos_enc",
+    "scatter_mean",
+    "so3_exp",
+    "so3_log",
+    "use_multimask",
+]
