@@ -75,8 +75,9 @@ class RosProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        out = self.proc.stdout.read() if self.proc.stdout else ""
-        return out
+        if self.proc.stdout is None or self.proc.stdout.closed:  # already read by wait()
+            return ""
+        return self.proc.stdout.read()
 
     def wait(self, timeout_s: float) -> tuple[int, str]:
         try:

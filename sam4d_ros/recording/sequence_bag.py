@@ -906,7 +906,8 @@ def _custom_info(reader: Reader) -> dict[str, Any]:
         return {}
 
 
-def _open(path: Path) -> Reader:
+def open_bag(path: Path) -> Reader:
+    """An opened rosbags Reader for a bag directory, .mcap or .db3; BagError when unreadable."""
     try:
         reader = Reader(path)
         reader.open()
@@ -917,7 +918,7 @@ def _open(path: Path) -> Reader:
 
 def read_bag_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The sequence info this module stores in the bag's metadata (empty for other bags)."""
-    reader = _open(Path(path))
+    reader = open_bag(Path(path))
     try:
         return _custom_info(reader)
     finally:
@@ -982,7 +983,7 @@ class SequenceBagReader:
         self.camera_tolerance = camera_tolerance
         if not max_tf_gap > 0:
             raise ValueError(f"max_tf_gap must be > 0 s, got {max_tf_gap}")
-        reader = _open(self.path)
+        reader = open_bag(self.path)
         try:
             self.metadata = _custom_info(reader)
             self.available = sorted({c.topic for c in reader.connections})
