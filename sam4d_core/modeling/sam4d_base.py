@@ -63,7 +63,9 @@ Gradient mode is the caller's: wrap inference in ``torch.inference_mode()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -490,6 +492,31 @@ def _as_tensor(x: ArrayLike, dtype: torch.dtype, device: torch.device) -> torch.
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
 
+@contextmanager
+def stage_timer(
+    timings: dict[str, float] | None, key: str, device: torch.device | str | None = None
+) -> Iterator[None]:
+    """Adds the wall time (ms) of the ``with`` block to ``timings[key]`` (no-op without a dict).
+
+    On CUDA the device is synchronized before and after so that the time is the stage's own
+    (asynchronous kernels would otherwise be billed to whichever stage waits first).
+    """
+    if timings is None:
+        yield
+        return
+    dev = torch.device(device) if device is not None else None
+    sync = dev is not None and dev.type == "cuda" and torch.cuda.is_available()
+    if sync:
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if sync:
+            torch.cuda.synchronize(dev)
+        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
+
+
 def upsample_mask_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Stride-4 mask logits (..., h, w) -> (..., H, W) at a camera's size (bilinear, as SAM2's
     predictor resizes low-resolution masks to the video; the aspect is not kept, like the input
@@ -673,6 +700,7 @@ class SAM4D(nn.Module):
         cam_from_lidar: Sequence[ArrayLike | None] | None = None,
         points: ArrayLike | None = None,
         pose: ArrayLike | None = None,
+        timings: dict[str, float] | None = None,
     ) -> FrameFeatures:
         """Encode one synchronized frame (all cameras in one batch, the sweep once).
 
@@ -684,6 +712,8 @@ class SAM4D(nn.Module):
                 z forward) (None where missing).
             points: (N, >=3) the sweep, xyz in metres (LiDAR frame) first; None or N = 0: no LiDAR.
             pose: (4, 4) LiDAR -> world at this sweep (float64 recommended); None: identity.
+            timings: when given, ``image_encoder`` and ``lidar_encoder`` wall times (ms) are added
+                to it (:func:`stage_timer`).
 
         Returns:
             :class:`FrameFeatures`.
@@ -705,16 +735,18 @@ class SAM4D(nn.Module):
                     raise ValueError(f"camera {i} has an image but no intrinsics")
                 if i >= len(cam_from_lidar) or cam_from_lidar[i] is None:
                     raise ValueError(f"camera {i} has an image but no cam_from_lidar")
-            image_feats = self._encode_images(
-                [images[i] for i in present],
-                [intrinsics[i] for i in present],
-                [cam_from_lidar[i] for i in present],
-                tuple(present),
-                multi_modal,
-            )
+            with stage_timer(timings, "image_encoder", device):
+                image_feats = self._encode_images(
+                    [images[i] for i in present],
+                    [intrinsics[i] for i in present],
+                    [cam_from_lidar[i] for i in present],
+                    tuple(present),
+                    multi_modal,
+                )
         lidar_feats = None
         if has_lidar:
-            lidar_feats = self._encode_points(points, multi_modal)  # type: ignore[arg-type]
+            with stage_timer(timings, "lidar_encoder", device):
+                lidar_feats = self._encode_points(points, multi_modal)  # type: ignore[arg-type]
 
         pose_t = (
             torch.eye(4, dtype=torch.float64, device=device)
@@ -817,6 +849,7 @@ class SAM4D(nn.Module):
         features: FrameFeatures,
         prompts: Sequence[ObjectPrompts | None],
         memories: Sequence[ObjectMemoryInput | None] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> TrackOutput:
         """Segment B objects on one frame.
 
@@ -826,6 +859,9 @@ class SAM4D(nn.Module):
             memories: per object its selected memories (None / empty: no memory, a first
                 conditioning frame); None for all objects without memory. The poses of the
                 memory frames are in their :class:`FrameGeometry`.
+            timings: when given, ``memory_attention`` (memory gathering and MCMA) and ``decoder``
+                (prompt encoding, decoding, mask prompts taken as output) wall times (ms) are
+                added to it.
 
         Returns:
             :class:`TrackOutput`.
@@ -839,7 +875,8 @@ class SAM4D(nn.Module):
         prompt_list = [p if p is not None else ObjectPrompts() for p in prompts]
         self._check_prompts(features, prompt_list)
 
-        img_cond, pts_cond = self.condition_on_memory(features, mem_list)
+        with stage_timer(timings, "memory_attention", self.device):
+            img_cond, pts_cond = self.condition_on_memory(features, mem_list)
         cfg = self.config
         mask_as_output = torch.tensor(
             [
@@ -855,16 +892,17 @@ class SAM4D(nn.Module):
             ],
             dtype=torch.bool,
         )
-        out = self.decode(
-            features,
-            img_cond,
-            pts_cond,
-            prompt_list,
-            multimask,
-            dense_masks=~mask_as_output,
-        )
-        if bool(mask_as_output.any()):
-            self._apply_mask_as_output(features, prompt_list, mask_as_output, out)
+        with stage_timer(timings, "decoder", self.device):
+            out = self.decode(
+                features,
+                img_cond,
+                pts_cond,
+                prompt_list,
+                multimask,
+                dense_masks=~mask_as_output,
+            )
+            if bool(mask_as_output.any()):
+                self._apply_mask_as_output(features, prompt_list, mask_as_output, out)
         return out
 
     def _use_multimask(self, num_points: int, is_init_cond_frame: bool) -> bool:
@@ -914,6 +952,8 @@ class SAM4D(nn.Module):
 
         with_mem = [i for i, m in enumerate(memories) if m is not None and not m.is_empty]
         without = [i for i in range(b) if i not in set(with_mem)]
+        # Results are cast to these buffers' dtype: under autocast, attention outputs and
+        # parameter sums differ in precision.
         out_img = None if cur_img is None else cur_img.new_empty(b, cur_img.shape[1], c)
         out_pts = None if cur_pts is None else cur_pts.new_empty(b, cur_pts.shape[1], c)
 
@@ -923,18 +963,18 @@ class SAM4D(nn.Module):
                 # First conditioning frame: no attention at all, as released.
                 emb = self.no_mem_embed.reshape(1, 1, c)
                 if out_img is not None:
-                    out_img[idx] = (cur_img + emb).expand(len(without), -1, -1)
+                    out_img[idx] = (cur_img + emb).to(out_img.dtype).expand(len(without), -1, -1)
                 if out_pts is not None:
-                    out_pts[idx] = (cur_pts + emb).expand(len(without), -1, -1)
+                    out_pts[idx] = (cur_pts + emb).to(out_pts.dtype).expand(len(without), -1, -1)
             else:
                 # A dummy one-token memory (SAM2 without directly_add_no_mem_embed).
                 mem = self.no_mem_embed.reshape(1, 1, c).expand(len(without), 1, c)
                 pos = self.no_mem_pos_enc.reshape(1, 1, c).expand(len(without), 1, c)
                 ia, pa = self.memory_attention(cur_img, cur_img_pos, cur_pts, cur_pts_pos, mem, pos)
                 if out_img is not None:
-                    out_img[idx] = ia
+                    out_img[idx] = ia.to(out_img.dtype)
                 if out_pts is not None:
-                    out_pts[idx] = pa
+                    out_pts[idx] = pa.to(out_pts.dtype)
         if with_mem:
             idx = torch.tensor(with_mem, device=self.device)
             memory, memory_pos, valid = self.gather_memory(
@@ -945,9 +985,9 @@ class SAM4D(nn.Module):
                 cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid
             )
             if out_img is not None:
-                out_img[idx] = ia
+                out_img[idx] = ia.to(out_img.dtype)
             if out_pts is not None:
-                out_pts[idx] = pa
+                out_pts[idx] = pa.to(out_pts.dtype)
 
         img_out = None
         if out_img is not None:
@@ -1113,13 +1153,13 @@ class SAM4D(nn.Module):
                     img_masks[idx, ci] = out.low_res_masks[:, 0].float()  # type: ignore[index]
                     img_ious[idx, ci] = _selected_iou(out)  # type: ignore[index]
                     img_scores[idx, ci] = out.object_score_logits[:, 0].float()  # type: ignore[index]
-                    img_ptrs[idx, ci] = out.obj_ptr  # type: ignore[index]
+                    img_ptrs[idx, ci] = out.obj_ptr.to(img_ptrs.dtype)  # type: ignore[index,union-attr]
             if lid is not None:
                 out = res["pts"][0]
                 pts_vox[idx] = out.low_res_masks[:, 0].float()  # type: ignore[index]
                 pts_ious[idx] = _selected_iou(out)  # type: ignore[index]
                 pts_scores[idx] = out.object_score_logits[:, 0].float()  # type: ignore[index]
-                pts_ptr[idx] = out.obj_ptr  # type: ignore[index]
+                pts_ptr[idx] = out.obj_ptr.to(pts_ptr.dtype)  # type: ignore[index,union-attr]
 
         image_out = lidar_out = None
         scores = []
@@ -1406,10 +1446,10 @@ class SAM4D(nn.Module):
                 )
                 ptr = _mask_pointer(head, dec, present, head.no_obj_ptr)
                 obj_idx = torch.tensor([objs[k] for k in rows], device=dev)
-                out.image.mask_logits[obj_idx, ci] = low[:, 0]
+                out.image.mask_logits[obj_idx, ci] = low[:, 0].to(out.image.mask_logits.dtype)
                 out.image.ious[obj_idx, ci] = 1.0
                 out.image.object_score_logits[obj_idx, ci] = present.float() * out_scale + out_bias
-                out.image.camera_obj_ptrs[obj_idx, ci] = ptr
+                out.image.camera_obj_ptrs[obj_idx, ci] = ptr.to(out.image.camera_obj_ptrs.dtype)
         if lid is not None:
             assert out.lidar is not None and empty_pts is not None
             rows = [k for k, i in enumerate(objs) if _lidar_mask(prompts[i]) is not None]
@@ -1458,11 +1498,11 @@ class SAM4D(nn.Module):
                 )
                 ptr = _mask_pointer(head, dec, present, head.no_obj_ptr)
                 obj_idx = torch.tensor([objs[k] for k in rows], device=dev)
-                out.lidar.voxel_logits[obj_idx] = low
-                out.lidar.point_logits[obj_idx] = high
+                out.lidar.voxel_logits[obj_idx] = low.to(out.lidar.voxel_logits.dtype)
+                out.lidar.point_logits[obj_idx] = high.to(out.lidar.point_logits.dtype)
                 out.lidar.ious[obj_idx] = 1.0
                 out.lidar.object_score_logits[obj_idx] = present.float() * out_scale + out_bias
-                out.lidar.obj_ptr[obj_idx] = ptr
+                out.lidar.obj_ptr[obj_idx] = ptr.to(out.lidar.obj_ptr.dtype)
         sel = selected.to(out.mask_as_output.device)
         out.mask_as_output = out.mask_as_output | sel
         scores = [
@@ -1668,5 +1708,6 @@ __all__ = [
     "SAM4D",
     "TrackOutput",
     "build_sam4d_model",
+    "stage_timer",
     "upsample_mask_logits",
 ]

@@ -1,1 +1,8 @@
-"""Streaming tracking: the frame-by-frame API the ROS node (and any other live user) drives."""
+"""Streaming tracking: the frame-by-frame API the ROS node (and any other live user) drives.
+
+Modules (import them directly; this package imports nothing so that ``records`` stays light):
+:mod:`.records` (prompts in, results out), :mod:`.streaming_tracker` (``StreamingTracker``,
+``TrackerConfig``), :mod:`.offline_predictor` (the official ``SAM4DPredictor`` API on whole
+sequences), :mod:`.engine` (the per-object step logic both share), :mod:`.benchmark` and
+:mod:`.soak` (commands: latency per stage, memory over 1,000 steps).
+"""

@@ -73,7 +73,12 @@ class ObjectResult:
 
     image_masks: camera -> (H, W) bool at the camera's resolution (cameras of this frame only).
     point_mask: (N,) bool over the frame's points. point_scores: (N,) float32 probabilities.
-    presence_score: object-presence probability in [0, 1]; predicted_iou in [0, 1].
+    presence_score: object-presence probability in [0, 1]; predicted_iou in [0, 1] (of the view
+        with the highest presence).
+    image_presence / image_ious: camera -> presence probability / predicted IoU of that camera's
+        mask (cameras of this frame only). lidar_presence / lidar_iou: the same for the LiDAR mask,
+        None without LiDAR in the frame.
+    prompted: the object received prompts on this frame (a conditioning frame).
     """
 
     object_id: int
@@ -82,13 +87,25 @@ class ObjectResult:
     image_masks: dict[str, np.ndarray]
     point_mask: np.ndarray
     point_scores: np.ndarray
+    image_presence: dict[str, float] = field(default_factory=dict)
+    image_ious: dict[str, float] = field(default_factory=dict)
+    lidar_presence: float | None = None
+    lidar_iou: float | None = None
+    prompted: bool = False
 
 
 @dataclass
 class StepResult:
-    """The tracker's output for one frame: every tracked object, plus stage timings (ms)."""
+    """The tracker's output for one frame: every tracked object, plus stage timings (ms).
+
+    timings_ms: image_encoder, lidar_encoder, memory_attention, decoder, memory_encoder,
+        postprocess and total (a stage that did not run is absent).
+    replayed_from: for the result of a prompt on a buffered past frame, the index of that frame
+        (the prompted objects were re-tracked from there up to this frame); None otherwise.
+    """
 
     timestamp: float
     frame_index: int
     objects: list[ObjectResult]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    replayed_from: int | None = None

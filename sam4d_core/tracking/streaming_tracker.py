@@ -1,0 +1,685 @@
+"""The streaming tracker: SAM4D frame by frame with bounded memory, the API the ROS node uses.
+
+One :meth:`StreamingTracker.step` per synchronized frame (:class:`~sam4d_core.data.sequence.Frame`:
+one LiDAR sweep, any number of cameras, any of them missing): one image encoding (all cameras in
+one batch) and one LiDAR encoding for all objects, memory selection per object from its bounded
+:class:`~sam4d_core.modeling.memory_bank.ObjectMemoryBank`, one batched track step (memory
+attention + decoders) and one batched memory encoding for all objects, then the masks per camera
+at the camera's resolution and per point (:class:`~sam4d_core.tracking.records.StepResult`).
+
+Prompts (:meth:`StreamingTracker.add_prompts`) refer to a frame by its stamp: the newest frame
+(``stamp=None``), one of the frames of the last ``frame_buffer_s`` seconds (the frame buffer keeps
+their :class:`~sam4d_core.modeling.sam4d_base.FrameFeatures`), or a frame that has not arrived yet.
+Past-frame prompts ("a click on what the user saw"):
+
+- A stamp matches the buffered frame nearest to it within ``stamp_tolerance_s`` (camera images
+  are stamped slightly off the sweep). Older than the buffer: :class:`PromptOutOfBufferError`.
+- The prompt is applied on that frame exactly as it would have been live (the object's memory is
+  rolled back to what it was then), and the object is re-tracked through the buffered frames up
+  to the newest (replay). Only the prompted objects are re-run; the others keep their results.
+  Conditioning frames of the prompted object inside the replayed span keep their outputs (the
+  rules of :mod:`sam4d_core.tracking.engine`, shared with the offline predictor: the newest
+  result after a past-frame prompt equals the predictor's when prompted on that frame and
+  propagated).
+- ``add_prompts`` returns the newest frame's :class:`StepResult` after the prompts (every object:
+  the replayed ones new, the others as last stepped) so that the caller can publish at once; its
+  ``replayed_from`` is the earliest prompted frame. Replaying costs one track step per buffered
+  frame after the prompted one (no encoder runs).
+- A stamp newer than the newest frame (an image that arrived before its sweep) is kept pending
+  and applied by the first :meth:`step` whose frame is at or after it (within the tolerance);
+  ``add_prompts`` then returns None for it.
+
+Bounded memory: the frame buffer holds at most ``max_buffer_frames`` frames and only the last
+``frame_buffer_s`` seconds; each object's bank keeps what the next frame (or a replay from the
+oldest buffered frame) can select; per-object predictions and prompts are kept for buffered
+frames only; pending prompts are capped. Nothing grows with the length of the stream.
+
+Thread safety: the public methods hold one lock (the node steps in a worker thread and adds
+prompts from service callbacks).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sam4d_core.data.sequence import Frame
+from sam4d_core.modeling.memory_bank import MemoryBankConfig
+from sam4d_core.modeling.sam4d_base import (
+    SAM4D,
+    CameraPrompt,
+    FrameFeatures,
+    LidarPrompt,
+    ObjectPrompts,
+)
+from sam4d_core.tracking.engine import (
+    ObjectFrameOutput,
+    ObjectJob,
+    ObjectState,
+    drop_backbone_kernel_maps,
+    encode_sensor_frame,
+    merge_prompts,
+    prepare_prompt_job,
+    run_frame,
+    sensor_logits,
+    snap_to_model_grid,
+)
+from sam4d_core.tracking.records import (
+    MAX_OBJECT_ID,
+    ObjectPrompt,
+    ObjectResult,
+    StepResult,
+)
+
+logger = logging.getLogger(__name__)
+
+# Frames exactly ``frame_buffer_s`` old stay in the buffer (stamps of ~1.7e9 s carry ~1e-7 s of
+# float noise).
+_STAMP_EPS = 1e-6
+
+
+class PromptError(ValueError):
+    """A prompt cannot be applied (the message says which object and why); nothing was changed."""
+
+
+class PromptOutOfBufferError(PromptError):
+    """A prompt's stamp matches no frame of the buffer (older than it, or a frame never seen)."""
+
+
+@dataclass
+class TrackerConfig:
+    """Settings of the streaming tracker.
+
+    Attributes:
+        frame_buffer_s: how far back (s, behind the newest frame) prompts may refer to.
+        max_buffer_frames: hard cap on buffered frames whatever the stamps (memory bound; 2 s at
+            10 Hz is 21 frames).
+        stamp_tolerance_s: a prompt stamp matches the buffered frame nearest to it within this.
+        max_prompt_lead_s: how far ahead of the newest frame a stamp may be (kept pending).
+        max_pending_prompts: at most this many pending prompts.
+        mask_threshold: mask probability above which a pixel / point belongs to the object.
+        max_objects: most objects tracked at once.
+        num_maskmem: memory slots per object (None: the model's; at most the model's, whose
+            temporal embeddings are learned per slot).
+        max_object_pointers: object pointers per object (None: the model's).
+        snap_clicks_to_model_grid: move clicks and box corners to the model-input pixel grid as
+            the released predictor does (floor), so that results match it.
+        device: move the model there (None: leave it where it is).
+    """
+
+    frame_buffer_s: float = 2.0
+    max_buffer_frames: int = 32
+    stamp_tolerance_s: float = 0.05
+    max_prompt_lead_s: float = 1.0
+    max_pending_prompts: int = 256
+    mask_threshold: float = 0.5
+    max_objects: int = 64
+    num_maskmem: int | None = None
+    max_object_pointers: int | None = None
+    snap_clicks_to_model_grid: bool = True
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame_buffer_s < 0 or self.stamp_tolerance_s < 0 or self.max_prompt_lead_s < 0:
+            raise ValueError("frame_buffer_s, stamp_tolerance_s, max_prompt_lead_s must be >= 0")
+        if self.max_buffer_frames < 1 or self.max_objects < 1 or self.max_pending_prompts < 0:
+            raise ValueError("max_buffer_frames, max_objects >= 1 and max_pending_prompts >= 0")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+
+    @property
+    def mask_logit_threshold(self) -> float:
+        p = self.mask_threshold
+        return math.log(p / (1.0 - p))
+
+
+@dataclass(eq=False)
+class BufferedFrame:
+    """A frame kept for prompts on the past: its features and what results need.
+
+    Attributes:
+        index: the tracker's frame index (counts steps since the last reset).
+        timestamp: sweep time (s).
+        features: the model's encoding (enough to re-run any object on it).
+        camera_sizes: present camera name -> (H, W).
+        num_points: points of the sweep (0: no LiDAR).
+    """
+
+    index: int
+    timestamp: float
+    features: FrameFeatures
+    camera_sizes: dict[str, tuple[int, int]]
+    num_points: int
+
+    @property
+    def camera_ids(self) -> tuple[int, ...]:
+        img = self.features.image
+        return img.camera_ids if img is not None else ()
+
+
+@dataclass
+class _Pending:
+    prompt: ObjectPrompt
+    order: int
+
+
+@dataclass
+class _Request:
+    """One object's prompts of one request, resolved to frames and model units."""
+
+    object_id: int
+    frames: dict[int, ObjectPrompts] = field(default_factory=dict)
+    clear_previous: bool = False
+
+
+class StreamingTracker:
+    """SAM4D as a streaming tracker (module docstring).
+
+    Args:
+        model: a :class:`~sam4d_core.modeling.sam4d_base.SAM4D` (put in eval mode).
+        config: tracker settings.
+    """
+
+    def __init__(self, model: SAM4D, config: TrackerConfig | None = None) -> None:
+        self.config = cfg = config or TrackerConfig()
+        if cfg.device is not None:
+            model = model.to(cfg.device)
+        self.model = model.eval()
+        mem = model.config.memory
+        overrides: dict[str, int] = {}
+        if cfg.num_maskmem is not None:
+            if not 1 <= cfg.num_maskmem <= max(mem.num_maskmem, 1):
+                raise ValueError(
+                    f"num_maskmem must be in [1, {mem.num_maskmem}] for model "
+                    f"{model.config.name!r} (its temporal embeddings), got {cfg.num_maskmem}"
+                )
+            overrides["num_maskmem"] = cfg.num_maskmem
+        if cfg.max_object_pointers is not None:
+            if cfg.max_object_pointers < 1:
+                raise ValueError("max_object_pointers must be >= 1")
+            overrides["max_obj_ptrs_in_encoder"] = cfg.max_object_pointers
+        # ``extra_history``: a replay from the oldest buffered frame needs the memories before it.
+        self.bank_config: MemoryBankConfig = dataclasses.replace(
+            mem, extra_history=cfg.max_buffer_frames, **overrides
+        )
+        self._lock = threading.RLock()
+        self._camera_slots: dict[str, int] = {}
+        self._buffer: collections.deque[BufferedFrame] = collections.deque()
+        self._objects: dict[int, ObjectState] = {}
+        self._latest: dict[int, ObjectResult] = {}
+        self._pending: list[_Pending] = []
+        self._next_index = 0
+        self._order = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def object_ids(self) -> list[int]:
+        """Tracked object ids (in order of creation)."""
+        with self._lock:
+            return list(self._objects)
+
+    @property
+    def buffered_stamps(self) -> list[float]:
+        """Stamps of the buffered frames, oldest first."""
+        with self._lock:
+            return [f.timestamp for f in self._buffer]
+
+    @property
+    def newest_timestamp(self) -> float | None:
+        with self._lock:
+            return self._buffer[-1].timestamp if self._buffer else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def memory_stats(self) -> dict[str, object]:
+        """Sizes of everything the tracker keeps (for soak tests and diagnostics)."""
+        with self._lock:
+            return {
+                "buffer_frames": len(self._buffer),
+                "max_buffer_frames": self.config.max_buffer_frames,
+                "objects": len(self._objects),
+                "bank_capacity": self.bank_config.capacity,
+                "bank_entries": {o: len(s.bank) for o, s in self._objects.items()},
+                "outputs_kept": {o: len(s.outputs) for o, s in self._objects.items()},
+                "inputs_kept": {o: len(s.inputs) for o, s in self._objects.items()},
+                "pending_prompts": len(self._pending),
+                "cameras": len(self._camera_slots),
+            }
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, frame: Frame) -> StepResult:
+        """Track every object on a new frame (stamps must increase; :meth:`reset` after a jump).
+
+        Prompts pending for this frame are applied on it. Raises ValueError for a frame with
+        neither a camera image nor a point, or one not newer than the newest frame.
+        """
+        with self._lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            timings: dict[str, float] = {}
+            ts = float(frame.timestamp)
+            if self._buffer and ts <= self._buffer[-1].timestamp:
+                raise ValueError(
+                    f"frame stamp {ts:.6f} s is not after the newest frame "
+                    f"({self._buffer[-1].timestamp:.6f} s); reset() the tracker after a time jump"
+                )
+            npts = _check_frame(frame)
+            for name in frame.cameras:
+                if name not in self._camera_slots:
+                    self._camera_slots[name] = len(self._camera_slots)
+            features = encode_sensor_frame(self.model, frame, self._camera_slots, timings)
+            drop_backbone_kernel_maps(features)  # the buffer keeps what re-running needs
+            bf = BufferedFrame(
+                index=self._next_index,
+                timestamp=ts,
+                features=features,
+                camera_sizes={n: tuple(c.image.shape[:2]) for n, c in frame.cameras.items()},  # type: ignore[misc]
+                num_points=npts,
+            )
+            self._next_index += 1
+            self._buffer.append(bf)
+            self._prune()
+
+            requests = self._take_due_pending(bf)
+            jobs: list[ObjectJob] = []
+            for req in requests.values():
+                if req.object_id not in self._objects:
+                    self._objects[req.object_id] = ObjectState.new(req.object_id, self.bank_config)
+                elif req.clear_previous:
+                    self._objects[req.object_id].clear()
+            for oid, st in self._objects.items():
+                req = requests.get(oid)
+                if req is not None and bf.index in req.frames:
+                    jobs.append(
+                        prepare_prompt_job(st, bf.index, req.frames[bf.index], bf.camera_ids)
+                    )
+                else:
+                    jobs.append(ObjectJob(st))
+            outs = run_frame(self.model, features, bf.index, jobs, timings=timings) if jobs else []
+            states = [j.state for j in jobs]
+            objects = self._results(bf, states, outs, timings)
+            self._latest = {r.object_id: r for r in objects}
+            timings["total"] = (time.perf_counter() - t0) * 1e3
+            return StepResult(ts, bf.index, objects, timings)
+
+    # ------------------------------------------------------------------ prompts
+    def add_prompts(self, prompts: Sequence[ObjectPrompt]) -> StepResult | None:
+        """Adds objects or refines them (more clicks, negative clicks, boxes, masks; either
+        modality), on the frame each prompt's stamp refers to (module docstring).
+
+        All prompts are checked before anything changes: an invalid one raises
+        :class:`PromptError` (:class:`PromptOutOfBufferError` for a stamp outside the buffer) and
+        the tracker is left as it was.
+
+        Returns:
+            the newest frame's results after the prompts, or None when every prompt is pending
+            (stamped after the newest frame) or ``prompts`` is empty.
+        """
+        with self._lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            if not prompts:
+                return None
+            if not self._buffer:
+                raise PromptOutOfBufferError("no frame has been tracked yet: prompts need a frame")
+            requests: dict[int, _Request] = {}
+            pending: list[ObjectPrompt] = []
+            for p in prompts:
+                oid = _check_object_id(p.object_id)
+                bf = self._match(p)
+                if bf is None:
+                    pending.append(p)
+                    continue
+                converted = self._to_model_prompts(p, bf)
+                req = requests.setdefault(oid, _Request(oid))
+                req.frames[bf.index] = merge_prompts(req.frames.get(bf.index), converted)
+                req.clear_previous |= bool(p.clear_previous)
+            new_ids = {p.object_id for p in prompts if p.object_id not in self._objects} | {
+                p.prompt.object_id for p in self._pending if p.prompt.object_id not in self._objects
+            }
+            if len(self._objects) + len(new_ids) > self.config.max_objects:
+                raise PromptError(
+                    f"{len(new_ids)} new object(s) would exceed max_objects="
+                    f"{self.config.max_objects} ({len(self._objects)} tracked)"
+                )
+            if len(self._pending) + len(pending) > self.config.max_pending_prompts:
+                raise PromptError(
+                    "too many prompts pending for future frames "
+                    f"(max {self.config.max_pending_prompts})"
+                )
+            # Everything is valid: apply.
+            for p in pending:
+                self._pending.append(_Pending(p, self._order))
+                self._order += 1
+            if not requests:
+                return None
+            timings: dict[str, float] = {}
+            first = self._replay(requests, timings)
+            newest = self._buffer[-1]
+            objects = [self._latest[o] for o in self._objects if o in self._latest]
+            timings["total"] = (time.perf_counter() - t0) * 1e3
+            return StepResult(newest.timestamp, newest.index, objects, timings, replayed_from=first)
+
+    def remove_objects(self, ids: Iterable[int]) -> list[int]:
+        """Stops tracking ``ids`` (unknown ids are ignored); returns the ids removed. Their
+        pending prompts are dropped too."""
+        with self._lock:
+            ids = {int(i) for i in ids}
+            removed = [i for i in self._objects if i in ids]
+            for i in removed:
+                del self._objects[i]
+                self._latest.pop(i, None)
+            self._pending = [p for p in self._pending if p.prompt.object_id not in ids]
+            return removed
+
+    def reset(self) -> None:
+        """Forgets every object, frame, pending prompt and camera; frame indices restart at 0."""
+        with self._lock:
+            self._objects.clear()
+            self._latest.clear()
+            self._buffer.clear()
+            self._pending.clear()
+            self._camera_slots.clear()
+            self._next_index = 0
+
+    # ------------------------------------------------------------------ internals
+    def _prune(self) -> None:
+        cfg = self.config
+        newest = self._buffer[-1].timestamp
+        while len(self._buffer) > 1 and (
+            len(self._buffer) > cfg.max_buffer_frames
+            or self._buffer[0].timestamp < newest - cfg.frame_buffer_s - _STAMP_EPS
+        ):
+            self._buffer.popleft()
+        oldest = self._buffer[0].index
+        for st in self._objects.values():
+            st.prune_before(oldest)
+
+    def _match(self, p: ObjectPrompt) -> BufferedFrame | None:
+        """The buffered frame of a prompt's stamp; None for a future one (pending)."""
+        newest = self._buffer[-1]
+        if p.stamp is None:
+            return newest
+        stamp = float(p.stamp)
+        if not math.isfinite(stamp):
+            raise PromptError(f"object {p.object_id}: stamp {p.stamp} is not finite")
+        tol = self.config.stamp_tolerance_s + _STAMP_EPS
+        best = min(self._buffer, key=lambda f: abs(f.timestamp - stamp))
+        if abs(best.timestamp - stamp) <= tol:
+            return best
+        if stamp > newest.timestamp:
+            lead = stamp - newest.timestamp
+            if lead > self.config.max_prompt_lead_s:
+                raise PromptError(
+                    f"object {p.object_id}: stamp {stamp:.6f} s is {lead:.3f} s after the newest "
+                    f"frame ({newest.timestamp:.6f} s); at most {self.config.max_prompt_lead_s} s "
+                    "ahead is kept pending"
+                )
+            return None
+        oldest = self._buffer[0]
+        if stamp < oldest.timestamp:
+            raise PromptOutOfBufferError(
+                f"object {p.object_id}: stamp {stamp:.6f} s is {newest.timestamp - stamp:.3f} s "
+                f"before the newest frame ({newest.timestamp:.6f} s) but the frame buffer keeps "
+                f"{self.config.frame_buffer_s} s (oldest frame {oldest.timestamp:.6f} s)"
+            )
+        raise PromptOutOfBufferError(
+            f"object {p.object_id}: no buffered frame within {self.config.stamp_tolerance_s} s of "
+            f"stamp {stamp:.6f} s (nearest {best.timestamp:.6f} s; was that sweep dropped?)"
+        )
+
+    def _to_model_prompts(self, p: ObjectPrompt, bf: BufferedFrame) -> ObjectPrompts:
+        """A record prompt -> the model's prompts on frame ``bf`` (validated)."""
+        oid = p.object_id
+        where = f"object {oid} at {bf.timestamp:.6f} s"
+        out = ObjectPrompts()
+        for ip in p.image:
+            if ip.camera not in bf.camera_sizes:
+                raise PromptError(
+                    f"{where}: camera {ip.camera!r} is not in that frame "
+                    f"(cameras: {sorted(bf.camera_sizes)})"
+                )
+            size = bf.camera_sizes[ip.camera]
+            pts, labels = _points(ip.points, ip.labels, 2, f"{where}, camera {ip.camera!r}")
+            box = _box(ip.box, (4,), f"{where}, camera {ip.camera!r}")
+            mask = None
+            if ip.mask is not None:
+                mask = np.asarray(ip.mask)
+                if mask.shape != size:
+                    raise PromptError(
+                        f"{where}: mask of camera {ip.camera!r} is {mask.shape}, the image {size}"
+                    )
+                mask = mask.astype(bool)
+            if self.config.snap_clicks_to_model_grid:
+                ms = self.model.image_size
+                if pts is not None:
+                    pts = snap_to_model_grid(pts, size, ms)
+                if box is not None:
+                    box = snap_to_model_grid(box.reshape(2, 2), size, ms).reshape(4)
+            if pts is None and box is None and mask is None:
+                continue
+            slot = self._camera_slots[ip.camera]
+            cp = ObjectPrompts(cameras={slot: CameraPrompt(pts, labels, box, mask)})
+            out = merge_prompts(out, cp)
+        lp = p.lidar
+        if lp is not None:
+            where_l = f"{where}, LiDAR"
+            pts, labels = _points(lp.points, lp.labels, 3, where_l)
+            box = _box(lp.box, (4, 6), where_l)
+            mask = None
+            if lp.point_mask is not None:
+                mask = np.asarray(lp.point_mask).reshape(-1)
+                if mask.shape[0] != bf.num_points:
+                    raise PromptError(
+                        f"{where_l}: point_mask of {mask.shape[0]} values, the sweep has "
+                        f"{bf.num_points} points"
+                    )
+                mask = mask.astype(bool)
+            if pts is not None or box is not None or mask is not None:
+                if bf.features.lidar is None:
+                    raise PromptError(f"{where_l}: that frame has no LiDAR points")
+                out = merge_prompts(out, ObjectPrompts(lidar=LidarPrompt(pts, labels, box, mask)))
+        if out.is_empty:
+            raise PromptError(f"{where}: the prompt has no points, box or mask")
+        return out
+
+    def _take_due_pending(self, bf: BufferedFrame) -> dict[int, _Request]:
+        """Pending prompts whose stamp this frame reaches, as requests on it (invalid ones are
+        dropped with a warning: the caller was told the prompt was accepted)."""
+        tol = self.config.stamp_tolerance_s + _STAMP_EPS
+        due = [p for p in self._pending if float(p.prompt.stamp) <= bf.timestamp + tol]  # type: ignore[arg-type]
+        if not due:
+            return {}
+        due_ids = {id(p) for p in due}
+        self._pending = [p for p in self._pending if id(p) not in due_ids]
+        requests: dict[int, _Request] = {}
+        for p in sorted(due, key=lambda q: q.order):
+            try:
+                converted = self._to_model_prompts(p.prompt, bf)
+            except PromptError as e:
+                logger.warning("dropping a pending prompt: %s", e)
+                continue
+            oid = p.prompt.object_id
+            if (
+                oid not in self._objects
+                and len(self._objects) + len([r for r in requests if r not in self._objects])
+                >= self.config.max_objects
+            ):
+                logger.warning("dropping a pending prompt of object %d: max_objects reached", oid)
+                continue
+            req = requests.setdefault(oid, _Request(oid))
+            req.frames[bf.index] = merge_prompts(req.frames.get(bf.index), converted)
+            req.clear_previous |= bool(p.prompt.clear_previous)
+        return requests
+
+    def _replay(self, requests: dict[int, _Request], timings: dict[str, float]) -> int:
+        """Applies the requests on their frames and re-tracks their objects up to the newest
+        frame (batched per frame); returns the earliest prompted frame."""
+        for oid, req in requests.items():
+            if oid not in self._objects:
+                self._objects[oid] = ObjectState.new(oid, self.bank_config)
+            elif req.clear_previous:
+                self._objects[oid].clear()
+        start = {oid: min(req.frames) for oid, req in requests.items()}
+        first = min(start.values())
+        newest = self._buffer[-1]
+        final: dict[int, ObjectFrameOutput] = {}
+        for bf in self._buffer:
+            if bf.index < first:
+                continue
+            jobs: list[ObjectJob] = []
+            for oid, s in start.items():
+                if bf.index < s:
+                    continue
+                st = self._objects[oid]
+                if bf.index == s:
+                    # Back to the object's memory as it was when this frame was live.
+                    st.bank.discard_after(s - 1)
+                new = requests[oid].frames.get(bf.index)
+                kept = st.outputs.get(bf.index)
+                if new is not None:
+                    jobs.append(prepare_prompt_job(st, bf.index, new, bf.camera_ids))
+                elif bf.index in st.inputs and kept is not None and kept.memory is not None:
+                    # A conditioning frame of an earlier request: its output stands.
+                    st.bank.add(bf.index, kept.memory, is_cond=True)
+                    if bf is newest:
+                        final[oid] = kept
+                else:
+                    jobs.append(ObjectJob(st))
+            if jobs:
+                outs = run_frame(self.model, bf.features, bf.index, jobs, timings=timings)
+                if bf is newest:
+                    final.update({j.state.obj_id: o for j, o in zip(jobs, outs, strict=True)})
+        oids = list(final)
+        results = self._results(
+            newest, [self._objects[o] for o in oids], list(final.values()), timings
+        )
+        self._latest.update({r.object_id: r for r in results})
+        return first
+
+    def _results(
+        self,
+        bf: BufferedFrame,
+        states: Sequence[ObjectState],
+        outs: Sequence[ObjectFrameOutput],
+        timings: dict[str, float],
+    ) -> list[ObjectResult]:
+        """Per-object records at the sensors' resolution (numpy, on the CPU)."""
+        t0 = time.perf_counter()
+        if not states:
+            return []
+        logits = sensor_logits(bf.features, outs)
+        thr = self.config.mask_logit_threshold
+        names = {slot: name for name, slot in self._camera_slots.items()}
+        cam_masks = {
+            names[cam]: (lg > thr).cpu().numpy() for cam, lg in logits.camera_logits.items()
+        }
+        if logits.point_logits is not None:
+            pl = logits.point_logits.float()
+            point_masks = (pl > thr).cpu().numpy()
+            point_scores = torch.sigmoid(pl).cpu().numpy().astype(np.float32)
+        else:
+            point_masks = np.zeros((len(states), 0), bool)
+            point_scores = np.zeros((len(states), 0), np.float32)
+        results = []
+        for i, (st, o) in enumerate(zip(states, outs, strict=True)):
+            image_presence, image_ious = {}, {}
+            if o.image_scores is not None and o.image_ious is not None:
+                probs = torch.sigmoid(o.image_scores.float()).tolist()
+                ious = o.image_ious.float().clamp(0, 1).tolist()
+                for row, cam in enumerate(o.camera_ids):
+                    image_presence[names[cam]] = float(probs[row])
+                    image_ious[names[cam]] = float(ious[row])
+            results.append(
+                ObjectResult(
+                    object_id=st.obj_id,
+                    presence_score=float(torch.sigmoid(o.object_score.float())),
+                    predicted_iou=o.predicted_iou(),
+                    image_masks={name: m[i] for name, m in cam_masks.items()},
+                    point_mask=point_masks[i],
+                    point_scores=point_scores[i],
+                    image_presence=image_presence,
+                    image_ious=image_ious,
+                    lidar_presence=None
+                    if o.lidar_score is None
+                    else float(torch.sigmoid(o.lidar_score.float())),
+                    lidar_iou=None
+                    if o.lidar_iou is None
+                    else float(o.lidar_iou.float().clamp(0, 1)),
+                    prompted=o.is_cond,
+                )
+            )
+        timings["postprocess"] = timings.get("postprocess", 0.0) + (time.perf_counter() - t0) * 1e3
+        return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers.
+
+
+def _check_frame(frame: Frame) -> int:
+    """Number of points of a frame that has something to track (ValueError otherwise)."""
+    pts = frame.points
+    n = 0 if pts is None else int(len(pts))
+    if n and (pts.ndim != 2 or pts.shape[1] < 3):
+        raise ValueError(f"frame points must be (N, C>=3), got {pts.shape}")
+    for name, cam in frame.cameras.items():
+        img = cam.image
+        if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+            raise ValueError(f"camera {name!r}: image must be (H, W, 3), got {img.shape}")
+    if n == 0 and not frame.cameras:
+        raise ValueError("a frame needs at least one camera image or a non-empty sweep")
+    return n
+
+
+def _check_object_id(oid: int) -> int:
+    if not 1 <= int(oid) <= MAX_OBJECT_ID:
+        raise PromptError(f"object id {oid} is outside [1, {MAX_OBJECT_ID}]")
+    return int(oid)
+
+
+def _points(
+    points: np.ndarray | None, labels: np.ndarray | None, dim: int, where: str
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if points is None or np.size(points) == 0:
+        return None, None
+    pts = np.asarray(points, np.float64).reshape(-1, dim)
+    lab = np.asarray(labels if labels is not None else [], np.int64).reshape(-1)
+    if lab.shape[0] != pts.shape[0]:
+        raise PromptError(f"{where}: {pts.shape[0]} points but {lab.shape[0]} labels")
+    if not np.isfinite(pts).all():
+        raise PromptError(f"{where}: points must be finite")
+    bad = lab[(lab != 0) & (lab != 1)]
+    if bad.size:
+        raise PromptError(f"{where}: labels must be 0 (background) or 1 (foreground), got {bad[0]}")
+    return pts, lab
+
+
+def _box(box: np.ndarray | None, sizes: tuple[int, ...], where: str) -> np.ndarray | None:
+    if box is None:
+        return None
+    b = np.asarray(box, np.float64).reshape(-1)
+    if b.size not in sizes or not np.isfinite(b).all():
+        raise PromptError(f"{where}: a box is {' or '.join(map(str, sizes))} finite values")
+    half = b.size // 2
+    if (b[half:] < b[:half]).any():
+        raise PromptError(f"{where}: box maxima must not be below its minima: {b.tolist()}")
+    return b
+
+
+__all__ = [
+    "BufferedFrame",
+    "PromptError",
+    "PromptOutOfBufferError",
+    "StreamingTracker",
+    "TrackerConfig",
+]
