@@ -15,10 +15,13 @@ ROOT = Path(__file__).parent
 
 packages = find_packages(include=["sam4d_core", "sam4d_core.*", "sam4d_ros", "sam4d_ros.*"])
 package_dir = {}
+package_data = {}
 for source, installed in (("training", "sam4d_training"), ("export", "sam4d_export")):
     if (ROOT / source / "__init__.py").exists():
         package_dir[installed] = source
         packages.append(installed)
+        if (ROOT / source / "configs").is_dir():
+            package_data[installed] = ["configs/*.yaml"]  # named configs (training/configs)
         for sub in find_packages(where=source):
             packages.append(f"{installed}.{sub}")
             package_dir[f"{installed}.{sub}"] = f"{source}/{sub.replace('.', '/')}"
@@ -33,6 +36,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
+    package_data=package_data,
     include_package_data=False,
     install_requires=[
         "numpy>=1.22",

@@ -165,6 +165,10 @@ def global_parameter_specs() -> list[ParamSpec]:
            "directory, then the share directory, then the repository."),
         _g("model.device", "auto",
            "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
+        _g("model.num_threads", 0,
+           "CPU threads of torch (intra-op); 0 = torch's default (all cores). Set it when other "
+           "processes share the cores: oversubscribed OpenMP threads slow inference down "
+           "many times.", range=(0, 256)),
         # -------------------------------------------------------------- tracker
         _g("tracker.presence_threshold", 0.5,
            "Object-presence probability below which an object counts as absent in a sweep (no "
@@ -195,6 +199,14 @@ def global_parameter_specs() -> list[ParamSpec]:
            "Most prompts in one AddPrompts request.", range=(1, 4096)),
         _g("prompts.max_points", 256,
            "Most points in one prompt.", range=(1, 65536)),
+        _g("prompts.queue_size", 16,
+           "Prompt requests (services, topics, clicks) waiting for the tracker at once; more are "
+           "rejected with a message (a prompt storm cannot grow the node's memory or latency).",
+           range=(1, 1024)),
+        _g("prompts.service_timeout_s", 10.0,
+           "Longest wait of a service call (add_prompts, remove_object, reset) for the tracker's "
+           "answer (seconds); a request still queued by then is withdrawn and reported.",
+           range=(0.1, 600.0)),
         # -------------------------------------------------------------- QoS
         _g("qos.sensor_reliability", "best_effort",
            "Reliability of the sensor subscriptions (best_effort matches both kinds of "
@@ -363,6 +375,7 @@ class NodeParameters:
     model_config: str
     model_checkpoint: Path | None
     device: str
+    num_threads: int
     presence_threshold: float
     mask_threshold: float
     frame_buffer_s: float
@@ -373,6 +386,8 @@ class NodeParameters:
     image_click_suffix: str
     prompts_max_per_request: int
     prompts_max_points: int
+    prompts_queue_size: int
+    prompts_service_timeout_s: float
     sensor_reliability: str
     sensor_depth: int
     output_reliability: str
@@ -763,6 +778,7 @@ def validate_parameters(
         model_config=config,
         model_checkpoint=checkpoint,
         device=device,
+        num_threads=v["model.num_threads"],
         presence_threshold=v["tracker.presence_threshold"],
         mask_threshold=v["tracker.mask_threshold"],
         frame_buffer_s=v["tracker.frame_buffer_s"],
@@ -773,6 +789,8 @@ def validate_parameters(
         image_click_suffix=suffix,
         prompts_max_per_request=v["prompts.max_per_request"],
         prompts_max_points=v["prompts.max_points"],
+        prompts_queue_size=v["prompts.queue_size"],
+        prompts_service_timeout_s=v["prompts.service_timeout_s"],
         sensor_reliability=v["qos.sensor_reliability"],
         sensor_depth=v["qos.sensor_depth"],
         output_reliability=v["qos.output_reliability"],

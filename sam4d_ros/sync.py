@@ -210,14 +210,16 @@ class _Camera:
         self.images.clear()
 
     def period_ns(self) -> int | None:
-        """Median spacing of the buffered stamps (None with fewer than 3 images)."""
+        """Median spacing of the buffered stamps (None with fewer than 3 images). The lower
+        median: right after a pause or a forward jump of the camera's clock, one huge gap must
+        not pass for the period (the camera would be given up at once for the next sweeps)."""
         if len(self.stamps) < 3:
             return None
         pairs = zip(self.stamps[:-1], self.stamps[1:], strict=True)
         gaps = sorted(b - a for a, b in pairs if b > a)
         if not gaps:
             return None
-        return gaps[len(gaps) // 2]
+        return gaps[(len(gaps) - 1) // 2]
 
     def best(self, target: int, tol: int) -> int | None:
         """Index of the buffered image nearest to target within tol (ties: the earlier one)."""

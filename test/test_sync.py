@@ -146,6 +146,21 @@ def test_camera_period_lets_a_sweep_leave_early():
     assert s2.cameras == {} and sync2.counters().cameras["front"].too_old == 1
 
 
+def test_a_forward_jump_of_the_camera_clock_is_not_its_period():
+    # A pause (or a bag that skips ahead) leaves one huge gap among the buffered stamps: the
+    # camera's period is still ~100 ms, so the next sweep waits for its image.
+    sync, clock = make(tolerance_s=0.05, max_wait_s=0.3)
+    sync.add_image("front", image(T0))
+    later = T0 + 100 * NS
+    sync.add_image("front", image(later))
+    sync.add_image("front", image(later + ms(100)))
+    sync.add_sweep(cloud(later + ms(200)))
+    assert sync.poll() == []  # undecided: its image is due
+    sync.add_image("front", image(later + ms(200)))
+    (s,) = sync.poll()
+    assert s.cameras["front"].stamp_ns == later + ms(200)
+
+
 def test_sweeps_leave_in_arrival_order():
     sync, clock = make(tolerance_s=0.05, max_wait_s=0.1)
     sync.add_sweep(cloud(T0))

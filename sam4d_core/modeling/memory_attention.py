@@ -541,6 +541,9 @@ def pack_sequences(
         raise ValueError("pack_sequences needs at least one sequence")
     length = max(min_length, max(s.shape[0] for s in sequences))
     ref = sequences[0]
+    if len(sequences) == 1 and ref.shape[0] == length:
+        # Nothing to pad (one object): a view instead of a zero-filled copy.
+        return ref[None], torch.ones(1, length, dtype=torch.bool, device=ref.device)
     out = ref.new_zeros(len(sequences), length, ref.shape[-1])
     valid = torch.zeros(len(sequences), length, dtype=torch.bool, device=ref.device)
     for i, s in enumerate(sequences):

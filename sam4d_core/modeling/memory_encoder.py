@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from sam4d_core.modeling.sparse import Conv3d, SparseCache, SparseTensor
+from sam4d_core.modeling.sparse.conv import sparse_conv3d_objects
 from sam4d_core.modeling.sparse.voxelize import scatter_mean
 
 
@@ -322,6 +323,10 @@ def _sparse_per_object(
         (B, N_out, C_out) and a sparse tensor on the output coordinates (features of the last
         object) to use as the next template.
     """
+    batched = sparse_conv3d_objects(conv, feats, template)
+    if batched is not None:
+        # All objects at once on the CPU: same sums, one matmul per kernel offset.
+        return batched
     outs = []
     y = None
     # One object at a time: every call reuses the cached kernel map of the frame, so the loop

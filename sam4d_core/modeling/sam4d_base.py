@@ -94,6 +94,7 @@ from sam4d_core.modeling.memory_encoder import (
     mask_logits_for_memory,
     point_masks_to_voxels,
 )
+from sam4d_core.modeling.reference_paths import use_reference_paths
 from sam4d_core.modeling.sam import (
     NEGATIVE_LABEL,
     NOT_A_POINT_LABEL,
@@ -492,6 +493,23 @@ def _as_tensor(x: ArrayLike, dtype: torch.dtype, device: torch.device) -> torch.
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
 
+_stage_clock: Callable[[], float] = time.perf_counter
+
+
+def stage_clock() -> float:
+    """The clock (s) of the per-stage timings: wall time (``time.perf_counter``) unless
+    :func:`set_stage_clock` chose another (e.g. ``time.process_time``, the CPU time of the
+    process, steadier than wall time on a shared machine)."""
+    return _stage_clock()
+
+
+def set_stage_clock(clock: Callable[[], float]) -> Callable[[], float]:
+    """Sets the clock of :func:`stage_timer` and the trackers' timings; returns the previous one."""
+    global _stage_clock
+    previous, _stage_clock = _stage_clock, clock
+    return previous
+
+
 @contextmanager
 def stage_timer(
     timings: dict[str, float] | None, key: str, device: torch.device | str | None = None
@@ -508,13 +526,13 @@ def stage_timer(
     sync = dev is not None and dev.type == "cuda" and torch.cuda.is_available()
     if sync:
         torch.cuda.synchronize(dev)
-    t0 = time.perf_counter()
+    t0 = stage_clock()
     try:
         yield
     finally:
         if sync:
             torch.cuda.synchronize(dev)
-        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
+        timings[key] = timings.get(key, 0.0) + (stage_clock() - t0) * 1e3
 
 
 def upsample_mask_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -821,12 +839,15 @@ class SAM4D(nn.Module):
             )
         s4, s8, s16 = levels
         grid, batch = vox.point_grid_coords, vox.point_batch
-        token_xyz = pool_points_to_voxels(s16, grid, batch, xyz)
+        # Point -> voxel rows found once per stride-1 voxel (same result as per point).
+        voxels = (vox.voxels.coords, vox.voxels.point_to_voxel)
+        point_to_s16 = points_to_voxel_index(s16, grid, batch, voxels=voxels)
+        token_xyz = pool_points_to_voxels(s16, grid, batch, xyz, point_rows=point_to_s16)
         hierarchy = VoxelHierarchy.from_coords(s4.coords, s8.coords, s16.coords, stride_s4=4)
         decoder = self.sam_head.sam_mask_decoder
         high_res = decoder.project_lidar_high_res(s4.feats, s8.feats)
-        rows, weights = devoxelize_weights(s4, grid, batch)
-        point_to_s4 = points_to_voxel_index(s4, grid, batch)
+        point_to_s4 = points_to_voxel_index(s4, grid, batch, voxels=voxels)
+        rows, weights = devoxelize_weights(s4, grid, batch, point_rows=point_to_s4)
         pe = self.union_pe_func.point_pe(token_xyz, multi_modal=multi_modal)
         return LidarFeatures(
             points_xyz=xyz,
@@ -981,6 +1002,8 @@ class SAM4D(nn.Module):
                 features.geometry,
                 [memories[i] for i in with_mem],  # type: ignore[misc]
             )
+            if not use_reference_paths() and bool(valid.all()):
+                valid = None  # no padding (e.g. one object): attention without a key mask
             ia, pa = self.memory_attention(
                 cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid
             )
@@ -1708,6 +1731,8 @@ __all__ = [
     "SAM4D",
     "TrackOutput",
     "build_sam4d_model",
+    "set_stage_clock",
+    "stage_clock",
     "stage_timer",
     "upsample_mask_logits",
 ]

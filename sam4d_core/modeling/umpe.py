@@ -48,9 +48,15 @@ Conventions: ``K`` (B, 3, 3) upper-triangular pinhole intrinsics *at the model i
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam4d_core.modeling.position_encoding import PositionEmbeddingRandom, PositionEmbeddingSine
+from sam4d_core.modeling.reference_paths import (
+    parameter_state,
+    use_inference_caches,
+    use_reference_paths,
+)
 
 
 def depth_bins(start: float = 1.0, step: float = 0.6, num: int = 128) -> torch.Tensor:
@@ -239,10 +245,32 @@ class FrustumRayEmbedding(nn.Module):
         return self.mlp_embedding(flat)
 
     def embed_points(self, xyz: torch.Tensor) -> torch.Tensor:
-        """MLP of single points, each repeated D times: (..., 3) -> (..., C)."""
+        """MLP of single points, each repeated D times: (..., 3) -> (..., C).
+
+        The first layer is linear, so on D copies of a point it equals the layer with its D
+        column blocks summed, applied to the point once: ``W1 [p; ...; p] = (sum_d W1_d) p``
+        (3 inputs per point instead of 3 D; equal up to float rounding).
+        """
         assert xyz.shape[-1] == 3, f"got {tuple(xyz.shape)}"
-        rep = xyz.unsqueeze(-2).expand(*xyz.shape[:-1], self.num_depths, 3)
-        return self.embed_rays(rep)
+        if use_reference_paths():
+            rep = xyz.unsqueeze(-2).expand(*xyz.shape[:-1], self.num_depths, 3)
+            return self.embed_rays(rep)
+        first = self.mlp_embedding[0]
+        hidden = F.linear(xyz.to(first.weight.dtype), self._folded_first_layer(), first.bias)
+        return self.mlp_embedding[2](self.mlp_embedding[1](hidden))
+
+    def _folded_first_layer(self) -> torch.Tensor:
+        """(hidden, 3): the first layer's weight summed over the D depth blocks (cached in
+        inference)."""
+        w = self.mlp_embedding[0].weight
+        if not use_inference_caches():
+            return w.reshape(w.shape[0], self.num_depths, 3).sum(dim=1)
+        key = parameter_state(w)
+        cached = self.__dict__.get("_folded_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, w.reshape(w.shape[0], self.num_depths, 3).sum(dim=1))
+            self.__dict__["_folded_cache"] = cached
+        return cached[1]
 
 
 class UMPE(nn.Module):
@@ -339,7 +367,41 @@ class UMPE(nn.Module):
             lidar_from_cam: (B, 4, 4).
             T_rel: optional (4, 4) / (B, 4, 4) lidar_t <- lidar_t' for a memory from frame t'.
             multi_modal: add the ray-MLP part (released: only when both modalities are present).
+
+        Without ``T_rel`` the result depends only on the calibration and the weights: in inference
+        it is cached for the last calibration seen (cameras rarely change between frames).
         """
+        if T_rel is None and use_inference_caches():
+            key = parameter_state(*self.union_pe_layer.parameters())
+            cached = self.__dict__.get("_image_pe_cache")
+            if (
+                cached is not None
+                and cached[2] == multi_modal
+                and cached[3] == key
+                and cached[0].shape == K.shape
+                and cached[1].shape == lidar_from_cam.shape
+                and torch.equal(cached[0], K)
+                and torch.equal(cached[1], lidar_from_cam)
+            ):
+                return cached[4].clone()
+            out = self._image_pe(K, lidar_from_cam, None, multi_modal)
+            self.__dict__["_image_pe_cache"] = (
+                K.clone(),
+                lidar_from_cam.clone(),
+                multi_modal,
+                key,
+                out.clone(),
+            )
+            return out
+        return self._image_pe(K, lidar_from_cam, T_rel, multi_modal)
+
+    def _image_pe(
+        self,
+        K: torch.Tensor,
+        lidar_from_cam: torch.Tensor,
+        T_rel: torch.Tensor | None,
+        multi_modal: bool,
+    ) -> torch.Tensor:
         b = K.shape[0] if K.ndim == 3 else 1
         sine = self.image_sine_pe(b, K.device)
         if not multi_modal:

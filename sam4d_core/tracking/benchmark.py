@@ -15,11 +15,19 @@ subsampled to ``--points``), else synthetic frames (``--data synthetic``, the ge
 ``benchmark`` preset). More cameras are the first camera replicated under new names (same image
 and calibration: the cost is what matters). Objects are LiDAR clicks on points 5-30 m ahead.
 The machine's load average is recorded (shared machines make timings noisy).
+
+``--clock cpu`` times the stages in CPU time of the process (``time.process_time``) instead of
+wall time: on a machine shared with other jobs, wall time also counts the time the scheduler gives
+to them, CPU time much less so (with ``--threads 1`` it is the work of the step itself; with more
+threads it sums them). ``--reference`` runs the reference implementations that the optimized
+paths replaced (:mod:`sam4d_core.modeling.reference_paths`), for before/after comparisons in one
+environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,7 +44,8 @@ import torch
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.sequence import Frame
 from sam4d_core.modeling.configs import CONFIGS, get_config
-from sam4d_core.modeling.sam4d_base import SAM4D
+from sam4d_core.modeling.reference_paths import reference_paths
+from sam4d_core.modeling.sam4d_base import SAM4D, set_stage_clock
 from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
 from sam4d_core.tracking.streaming_tracker import StreamingTracker, TrackerConfig
 
@@ -208,7 +217,8 @@ def format_tables(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"{run['config']} on {run['device']} ({result['data']}, {result['points']} points; "
-            f"median ms over {result['steps']} steps)",
+            f"median ms ({result.get('clock', 'wall')} clock) over {result['steps']} steps"
+            f"{'; reference paths' if result.get('reference_paths') else ''})",
             "",
             "| objects | cameras | " + " | ".join(h for _, h in STAGES) + " | p90 total |",
             "|---" * (len(STAGES) + 3) + "|",
@@ -220,6 +230,11 @@ def format_tables(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as stack:
+        return _main(argv, stack)
+
+
+def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", action="append", help="config(s) to time (default sam4d_small)")
     ap.add_argument("--device", default="cpu")
@@ -232,9 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objects", default="1,4,16")
     ap.add_argument("--cameras", default="1,3,6")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--reference", action="store_true", help="run the reference paths")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        set_stage_clock(time.process_time)
+    if args.reference:
+        stack.enter_context(reference_paths())
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 2
@@ -243,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
         f"benchmark: {desc}, {len(frames[0].points)} points, device {args.device}, "
-        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, load {load_before}",
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, load {load_before}, "
+        f"{args.clock} clock{', reference paths' if args.reference else ''}",
         flush=True,
     )
     result: dict[str, Any] = {
@@ -253,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
+        "clock": args.clock,
+        "reference_paths": bool(args.reference),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

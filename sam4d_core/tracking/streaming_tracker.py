@@ -45,7 +45,6 @@ import dataclasses
 import logging
 import math
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +59,7 @@ from sam4d_core.modeling.sam4d_base import (
     FrameFeatures,
     LidarPrompt,
     ObjectPrompts,
+    stage_clock,
 )
 from sam4d_core.tracking.engine import (
     ObjectFrameOutput,
@@ -265,7 +265,7 @@ class StreamingTracker:
         neither a camera image nor a point, or one not newer than the newest frame.
         """
         with self._lock, torch.inference_mode():
-            t0 = time.perf_counter()
+            t0 = stage_clock()
             timings: dict[str, float] = {}
             ts = float(frame.timestamp)
             if self._buffer and ts <= self._buffer[-1].timestamp:
@@ -309,7 +309,7 @@ class StreamingTracker:
             states = [j.state for j in jobs]
             objects = self._results(bf, states, outs, timings)
             self._latest = {r.object_id: r for r in objects}
-            timings["total"] = (time.perf_counter() - t0) * 1e3
+            timings["total"] = (stage_clock() - t0) * 1e3
             return StepResult(ts, bf.index, objects, timings)
 
     # ------------------------------------------------------------------ prompts
@@ -326,7 +326,7 @@ class StreamingTracker:
             (stamped after the newest frame) or ``prompts`` is empty.
         """
         with self._lock, torch.inference_mode():
-            t0 = time.perf_counter()
+            t0 = stage_clock()
             if not prompts:
                 return None
             if not self._buffer:
@@ -366,7 +366,7 @@ class StreamingTracker:
             first = self._replay(requests, timings)
             newest = self._buffer[-1]
             objects = [self._latest[o] for o in self._objects if o in self._latest]
-            timings["total"] = (time.perf_counter() - t0) * 1e3
+            timings["total"] = (stage_clock() - t0) * 1e3
             return StepResult(newest.timestamp, newest.index, objects, timings, replayed_from=first)
 
     def remove_objects(self, ids: Iterable[int]) -> list[int]:
@@ -574,7 +574,7 @@ class StreamingTracker:
         timings: dict[str, float],
     ) -> list[ObjectResult]:
         """Per-object records at the sensors' resolution (numpy, on the CPU)."""
-        t0 = time.perf_counter()
+        t0 = stage_clock()
         if not states:
             return []
         logits = sensor_logits(bf.features, outs)
@@ -618,7 +618,7 @@ class StreamingTracker:
                     prompted=o.is_cond,
                 )
             )
-        timings["postprocess"] = timings.get("postprocess", 0.0) + (time.perf_counter() - t0) * 1e3
+        timings["postprocess"] = timings.get("postprocess", 0.0) + (stage_clock() - t0) * 1e3
         return results
 
 

@@ -50,7 +50,11 @@ from torch import nn
 
 from sam4d_core.modeling.sparse.conv import BatchNorm, Conv3d, ReLU
 from sam4d_core.modeling.sparse.tensor import SparseTensor, cat
-from sam4d_core.modeling.sparse.voxelize import pool_points_to_voxels, sam4d_voxelize
+from sam4d_core.modeling.sparse.voxelize import (
+    points_to_voxel_index,
+    pool_points_to_voxels,
+    sam4d_voxelize,
+)
 
 
 class BasicBlock(nn.Module):
@@ -295,8 +299,12 @@ class MinkUNetBackbone(nn.Module):
         feats = vox.voxels.feats.to(self.conv_input[0].kernel.dtype)
         x = SparseTensor(feats, vox.voxels.coords, stride=1)
         features = self.forward_sparse(x)
+        grid, batch = vox.point_grid_coords, vox.point_batch
+        rows = points_to_voxel_index(
+            features[-1], grid, batch, voxels=(vox.voxels.coords, vox.voxels.point_to_voxel)
+        )
         token_xyz = pool_points_to_voxels(
-            features[-1], vox.point_grid_coords, vox.point_batch, points[:, :3].float()
+            features[-1], grid, batch, points[:, :3].float(), point_rows=rows
         )
         return PointBackboneOutput(
             features=features,

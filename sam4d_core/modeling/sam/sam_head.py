@@ -106,6 +106,8 @@ class HeadOutput:
         best_index: (B,) int64 index of the selected mask among the M.
         obj_ptr: (B, C) object pointer.
         object_score_logits: (B, 1) presence logits.
+        raw_multimasks: ``low_res_multimasks`` before absent objects were set to NO_OBJ_SCORE
+            (training supervises the mask of an object that is present but predicted absent).
     """
 
     low_res_multimasks: torch.Tensor
@@ -114,6 +116,7 @@ class HeadOutput:
     best_index: torch.Tensor
     obj_ptr: torch.Tensor
     object_score_logits: torch.Tensor
+    raw_multimasks: torch.Tensor | None = None
 
 
 def use_multimask(
@@ -311,7 +314,9 @@ class SAMHead(nn.Module):
             low_res = masks
             token = tokens[:, 0]
         obj_ptr = self.object_pointer(token, out.object_score_logits)
-        return HeadOutput(masks, out.iou_pred, low_res, best, obj_ptr, out.object_score_logits)
+        return HeadOutput(
+            masks, out.iou_pred, low_res, best, obj_ptr, out.object_score_logits, out.masks
+        )
 
     def forward(
         self,

@@ -195,7 +195,8 @@ class SparseDownsample(nn.Module):
         b = x.shape[0]
         # Per-child kernel slices: N_fine * C_in * C_out values, small on the mask path (1->4->16).
         per_child = torch.einsum("bnc,ncd->bnd", x, self.kernel[offset])
-        out = x.new_zeros(b, num_coarse, self.out_channels)
+        # per_child's dtype, not x's: under autocast the einsum runs in half precision.
+        out = per_child.new_zeros(b, num_coarse, self.out_channels)
         out = out.index_add(1, parent, per_child)
         return out if self.bias is None else out + self.bias
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from sam4d_core.modeling.reference_paths import use_reference_paths
+
 COORD_BITS = 18
 COORD_OFFSET = 1 << (COORD_BITS - 1)
 COORD_MIN = -COORD_OFFSET
@@ -84,12 +86,30 @@ class HashTable:
     """
 
     def __init__(self, keys: torch.Tensor, assume_sorted: bool = False) -> None:
+        if not assume_sorted and not use_reference_paths() and keys.shape[0] > 1:
+            # Coordinates often arrive sorted (``torch.unique`` output): then rows are sorted
+            # positions and lookups skip the permutation (one pass and one sync to check).
+            assume_sorted = bool((keys[1:] > keys[:-1]).all())
         if assume_sorted:
             self.sorted_keys = keys
             self.perm: torch.Tensor | None = None
         else:
             self.sorted_keys, self.perm = torch.sort(keys)
         self.num_rows = keys.shape[0]
+        self._padded: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sorted keys with a sentinel (the largest int64) appended, and ``perm`` with a 0
+        appended (or None): a ``searchsorted`` position, even past the last key, can be read
+        without clamping, and never matches a query (keys are < 2^63 - 1)."""
+        if self._padded is None:
+            keys = self.sorted_keys
+            sentinel = torch.full((1,), torch.iinfo(torch.int64).max, device=keys.device)
+            perm = self.perm
+            if perm is not None:
+                perm = torch.cat([perm, perm.new_zeros(1)])
+            self._padded = (torch.cat([keys, sentinel]), perm)
+        return self._padded
 
     @classmethod
     def from_coords(cls, coords: torch.Tensor) -> HashTable:
@@ -121,4 +141,5 @@ class HashTable:
         out.sorted_keys = self.sorted_keys.to(device)
         out.perm = None if self.perm is None else self.perm.to(device)
         out.num_rows = self.num_rows
+        out._padded = None
         return out

@@ -30,14 +30,32 @@ Output coordinates:
   window touches an input (torchsparse additionally clips to a spatial range; not reproduced);
 - transposed: the coordinates registered in the cache for the finer stride, and the transpose of
   the forward map that went down from there.
+
+How the neighbours are found (all three give the same ``nbr``; tests compare them):
+
+- reference (:func:`lookup_neighbors`): one sorted search (``searchsorted`` over the level's sorted
+  keys) per (output, offset) pair, N_out x K queries;
+- by column (:func:`lookup_neighbors_by_column`, the default): keys are sorted with z varying
+  fastest, so the offsets that differ only in z sit next to each other in the sorted keys. One
+  search per (output, (x, y) column) finds the lowest z of the column, and the others are read at
+  the following positions (each hit advances one position): N_out x 9 searches for a k3 kernel
+  instead of N_out x 27. Valid when every coordinate of the level is a multiple of its stride
+  along z (the convention of this package; checked, else the reference is used);
+- by parent (down-sampling with kernel == stride <= 2, e.g. the U-Net's 2x2x2 stride-2 convs):
+  every input voxel has exactly one output (its parent ``floor(c / S) * S``) and one offset inside
+  it, so the map is filled from the parent index that :func:`downsample_coords` gets from
+  ``torch.unique(..., return_inverse=True)``, without any search.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from sam4d_core.modeling.reference_paths import use_reference_paths
 from sam4d_core.modeling.sparse.hashing import HashTable, hash_coords, unhash_coords
 from sam4d_core.modeling.sparse.tensor import SparseTensor, Stride
 
@@ -89,7 +107,9 @@ class KernelMap:
     """Input -> output connectivity of one sparse convolution.
 
     Attributes:
-        nbr: (N_out, K) int64, input row per (output, offset), -1 where there is no input voxel.
+        nbr: (N_out, K) int64, input row per (output, offset), -1 where there is no input voxel
+            (possibly a transposed view of an offset-major (K, N_out) table: see
+            :meth:`from_offset_major`).
         num_in: number of input rows N_in.
         out_coords: (N_out, 4) output coordinates.
         out_stride: tensor stride of the output.
@@ -110,6 +130,22 @@ class KernelMap:
     _source: torch.Tensor | None = field(default=None, repr=False)
     _transposed: KernelMap | None = field(default=None, repr=False)
     _groups: dict[float, list[OffsetGroup]] = field(default_factory=dict, repr=False)
+    _nbr_t: torch.Tensor | None = field(default=None, repr=False)
+    _packed: tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]] | None = field(
+        default=None, repr=False
+    )
+
+    @classmethod
+    def from_offset_major(cls, nbr_t: torch.Tensor, **kwargs) -> KernelMap:
+        """A map from its (K, N_out) table (the layout the fast builders produce: per offset one
+        contiguous row, which is also what :meth:`pairs` reads). ``nbr`` is its transposed view."""
+        return cls(nbr=nbr_t.t(), _nbr_t=nbr_t, **kwargs)
+
+    def offset_major(self) -> torch.Tensor:
+        """(K, N_out) contiguous table (``nbr`` transposed)."""
+        if self._nbr_t is None:
+            self._nbr_t = self.nbr.t().contiguous()
+        return self._nbr_t
 
     @property
     def kernel_volume(self) -> int:
@@ -135,12 +171,45 @@ class KernelMap:
             (a Python list: reading it synchronizes, which is fine for the reference path).
         """
         if self._pairs is None:
-            valid_t = (self.nbr >= 0).t()
-            k_idx, out_idx = valid_t.nonzero(as_tuple=True)
-            in_idx = self.nbr[out_idx, k_idx]
-            counts = valid_t.sum(dim=1).tolist()
+            if use_reference_paths():
+                valid_t = (self.nbr >= 0).t()
+                k_idx, out_idx = valid_t.nonzero(as_tuple=True)
+                in_idx = self.nbr[out_idx, k_idx]
+                counts = valid_t.sum(dim=1).tolist()
+            else:
+                # Same pairs in the same order (by offset, then output row), read from the
+                # offset-major table with flat indices.
+                nbr_t = self.offset_major()
+                valid = nbr_t >= 0
+                flat = valid.reshape(-1).nonzero().squeeze(1)
+                in_idx = nbr_t.reshape(-1).index_select(0, flat)
+                out_idx = torch.remainder(flat, max(self.num_out, 1))
+                counts = valid.sum(dim=1).tolist()
             self._pairs = (in_idx, out_idx, counts)
         return self._pairs
+
+    def packed_pairs(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+        """:meth:`pairs` without the identity offset, with each offset's slice.
+
+        Returns:
+            in_idx (P,), out_idx (P,) int64 (by offset, then output row), and ``(k, start, end)``
+            for every offset with pairs (the identity offset is computed as a plain matmul).
+        """
+        if self._packed is None:
+            nbr_t = self.offset_major()
+            valid = nbr_t >= 0
+            if self.identity_k is not None:
+                valid[self.identity_k] = False
+            flat = valid.reshape(-1).nonzero().squeeze(1)
+            in_idx = nbr_t.reshape(-1).index_select(0, flat)
+            out_idx = torch.remainder(flat, max(self.num_out, 1))
+            segments, start = [], 0
+            for k, c in enumerate(valid.sum(dim=1).tolist()):
+                if c:
+                    segments.append((k, start, start + c))
+                start += c
+            self._packed = (in_idx, out_idx, segments)
+        return self._packed
 
     def offset_groups(self, max_waste: float = 0.25) -> list[OffsetGroup]:
         """Kernel offsets bucketed for batched matmuls (adaptive grouping, as torchsparse does).
@@ -203,20 +272,38 @@ class KernelMap:
     def transposed(self, out_coords: torch.Tensor, out_stride: Stride, single_source: bool):
         """The map of the transposed convolution (outputs and inputs swapped), cached."""
         if self._transposed is None:
-            valid = self.nbr >= 0
-            q_idx, k_idx = valid.nonzero(as_tuple=True)
-            p_idx = self.nbr[q_idx, k_idx]
-            nbr_t = torch.full(
-                (self.num_in, self.kernel_volume), -1, dtype=torch.int64, device=self.nbr.device
-            )
-            nbr_t[p_idx, k_idx] = q_idx
-            self._transposed = KernelMap(
-                nbr=nbr_t,
-                num_in=self.num_out,
-                out_coords=out_coords,
-                out_stride=out_stride,
-                single_source=single_source,
-            )
+            if use_reference_paths():
+                valid = self.nbr >= 0
+                q_idx, k_idx = valid.nonzero(as_tuple=True)
+                p_idx = self.nbr[q_idx, k_idx]
+                nbr_t = torch.full(
+                    (self.num_in, self.kernel_volume), -1, dtype=torch.int64, device=self.nbr.device
+                )
+                nbr_t[p_idx, k_idx] = q_idx
+                self._transposed = KernelMap(
+                    nbr=nbr_t,
+                    num_in=self.num_out,
+                    out_coords=out_coords,
+                    out_stride=out_stride,
+                    single_source=single_source,
+                )
+            else:
+                in_idx, out_idx, counts = self.pairs()
+                k = torch.repeat_interleave(
+                    torch.arange(len(counts), device=in_idx.device),
+                    torch.tensor(counts, device=in_idx.device),
+                )
+                table = torch.full(
+                    (self.kernel_volume, self.num_in), -1, dtype=torch.int64, device=in_idx.device
+                )
+                table.view(-1)[k * self.num_in + in_idx] = out_idx
+                self._transposed = KernelMap.from_offset_major(
+                    table,
+                    num_in=self.num_out,
+                    out_coords=out_coords,
+                    out_stride=out_stride,
+                    single_source=single_source,
+                )
         return self._transposed
 
 
@@ -244,29 +331,224 @@ def lookup_neighbors(
     return table.lookup(base[:, None] + key_delta[None, :])
 
 
+@functools.lru_cache(maxsize=64)
+def _column_plan(
+    kernel_size: tuple[int, int, int], dilation: tuple[int, int, int]
+) -> tuple[tuple[tuple[int, int, int], ...], tuple[int, ...], int] | None:
+    """Kernel offsets grouped into z columns for :func:`lookup_neighbors_by_column`.
+
+    Returns:
+        ``(starts, order, length)``: per column the offset ``(ox, oy, oz0)`` of its lowest z,
+        the kernel index of entry ``(column, j)`` (offset ``(ox, oy, oz0 + j)``) flattened
+        column-major, and the common column length; None when a column's z offsets are not
+        consecutive (z dilation) or the columns differ in length.
+    """
+    offsets = kernel_offsets(kernel_size, dilation).tolist()
+    columns: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for k, (ox, oy, oz) in enumerate(offsets):
+        columns.setdefault((ox, oy), []).append((oz, k))
+    starts, order, lengths = [], [], set()
+    for (ox, oy), items in columns.items():
+        items.sort()
+        zs = [z for z, _ in items]
+        if zs != list(range(zs[0], zs[0] + len(zs))):
+            return None
+        starts.append((ox, oy, zs[0]))
+        order.extend(k for _, k in items)
+        lengths.add(len(items))
+    if len(lengths) != 1:
+        return None
+    return tuple(starts), tuple(order), lengths.pop()
+
+
+@functools.lru_cache(maxsize=64)
+def _opposite_offsets(
+    kernel_size: tuple[int, int, int], dilation: tuple[int, int, int]
+) -> tuple[int, ...] | None:
+    """Index of the opposite offset (-o) of every kernel offset, None if the set is not
+    symmetric (even kernel sizes)."""
+    offsets = [tuple(o) for o in kernel_offsets(kernel_size, dilation).tolist()]
+    index = {o: k for k, o in enumerate(offsets)}
+    opposite = [index.get((-a, -b, -c)) for a, b, c in offsets]
+    return None if any(k is None for k in opposite) else tuple(opposite)  # type: ignore[misc]
+
+
+def lookup_neighbors_by_column(
+    table: HashTable,
+    out_coords: torch.Tensor,
+    kernel_size: tuple[int, int, int],
+    dilation: tuple[int, int, int],
+    tensor_stride: Stride,
+    submanifold: bool = False,
+) -> torch.Tensor | None:
+    """Same map as :func:`lookup_neighbors`, with one search per (output, z column), offset-major.
+
+    The caller guarantees that the z coordinates of the table and of ``out_coords`` are multiples
+    of ``tensor_stride[2]`` (then no key lies between two consecutive offsets of a column).
+
+    Args:
+        submanifold: ``out_coords`` are the table's own coordinates, row for row (a stride-1
+            conv). With a symmetric kernel only the columns ``(ox, oy) <= (0, 0)`` are searched:
+            ``nbr[q, k] = p`` iff ``nbr[p, opposite(k)] = q``, so the other half is scattered
+            from them (5 searches per output instead of 9 for k3).
+
+    Returns:
+        (K, N_out) int64 rows (-1: none), i.e. ``lookup_neighbors(...).t()``, or None when the
+        kernel has no column layout (z dilation): use :func:`lookup_neighbors`.
+    """
+    plan = _column_plan(kernel_size, dilation)
+    if plan is None:
+        return None
+    starts, order, length = plan
+    device = out_coords.device
+    n_out = out_coords.shape[0]
+    volume = math.prod(kernel_size)
+    if n_out == 0 or table.num_rows == 0:
+        return torch.full((volume, n_out), -1, dtype=torch.int64, device=device)
+    opposite = _opposite_offsets(kernel_size, dilation) if submanifold else None
+    if opposite is not None:
+        searched = [c for c, (ox, oy, _) in enumerate(starts) if (ox, oy) <= (0, 0)]
+        mirrored = [c for c in searched if starts[c][:2] != (0, 0)]
+    else:
+        searched, mirrored = list(range(len(starts))), []
+    tx, ty, tz = tensor_stride
+    delta = torch.tensor(
+        [[0, starts[c][0] * tx, starts[c][1] * ty, starts[c][2] * tz] for c in searched],
+        dtype=torch.int64,
+        device=device,
+    )
+    key_delta = hash_coords(delta) - hash_coords(torch.zeros_like(delta[:1]))
+    # (columns, N_out): each row is the output keys plus a constant, so it stays sorted when the
+    # outputs are, which keeps the searches cache friendly.
+    target = key_delta[:, None] + hash_coords(out_coords)[None, :]
+    keys, perm = table.padded()  # a sentinel key after the last one: no clamping needed
+    pos = torch.searchsorted(keys, target)
+    found = []
+    for j in range(length):
+        hit = keys.index_select(0, pos.reshape(-1)).reshape(pos.shape) == target
+        rows = pos if perm is None else perm.index_select(0, pos.reshape(-1)).reshape(pos.shape)
+        found.append((rows + 1) * hit - 1)  # row where found, else -1
+        if j + 1 < length:
+            # Sorted keys, z fastest, nothing between consecutive z offsets of a column: the next
+            # offset is at the next position after a hit, at the same position after a miss.
+            pos = pos + hit
+            target = target + tz  # the z field is the lowest one of the key
+    # Row j * S + i of ``stacked`` is entry (searched[i], j): kernel offset order[c * length + j].
+    n_s = len(searched)
+    stacked = torch.stack(found, dim=0).reshape(length * n_s, n_out)
+    ks = [order[c * length + j] for j in range(length) for c in searched]
+    if not mirrored and ks == list(range(volume)):
+        return stacked  # odd kernels, every column searched: already in kernel order
+    flat = torch.full((volume * n_out + 1,), -1, dtype=torch.int64, device=device)
+    table_t = flat[:-1].view(volume, n_out)
+    table_t.index_copy_(0, torch.tensor(ks, dtype=torch.int64, device=device), stacked)
+    if mirrored:
+        src = [j * n_s + searched.index(c) for j in range(length) for c in mirrored]
+        dst = [opposite[order[c * length + j]] for j in range(length) for c in mirrored]  # type: ignore[index]
+        src_rows = stacked.index_select(0, torch.tensor(src, dtype=torch.int64, device=device))
+        base = torch.tensor(dst, dtype=torch.int64, device=device)[:, None] * n_out
+        # nbr[opposite(k), p] = q for every hit nbr[k, q] = p; misses go to a spare last slot.
+        dest = torch.where(src_rows >= 0, base + src_rows, volume * n_out)
+        q = torch.arange(n_out, dtype=torch.int64, device=device).expand_as(src_rows)
+        flat.scatter_(0, dest.reshape(-1), q.reshape(-1))
+    return table_t
+
+
+def _z_aligned(coords: torch.Tensor, stride: int) -> bool:
+    """Every z coordinate is a multiple of ``stride`` (one pass, one sync)."""
+    return stride == 1 or coords.shape[0] == 0 or not bool((coords[:, 3] % stride).any())
+
+
+def _aligned(coords: torch.Tensor, stride: Stride) -> bool:
+    """Every coordinate is a multiple of the tensor stride on its axis (one pass, one sync)."""
+    if stride == (1, 1, 1) or coords.shape[0] == 0:
+        return True
+    s = torch.tensor(stride, dtype=coords.dtype, device=coords.device)
+    return not bool((coords[:, 1:] % s).any())
+
+
+def _parent_offset_index(
+    kernel_size: tuple[int, int, int], device: torch.device
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Kernel index of each in-parent position ``i`` (per axis in [0, K)) for kernels whose offsets
+    are ``0 .. K-1`` (K <= 2): a table indexed by ``(ix * Ky + iy) * Kz + iz``."""
+    offsets = kernel_offsets(kernel_size, device=device)
+    ky, kz = kernel_size[1], kernel_size[2]
+    lin = (offsets[:, 0] * ky + offsets[:, 1]) * kz + offsets[:, 2]
+    table = torch.empty_like(lin)
+    table[lin] = torch.arange(lin.shape[0], device=device)
+    return table, (1, kz, ky * kz)
+
+
+def neighbors_from_parents(
+    in_coords: torch.Tensor,
+    parent: torch.Tensor,
+    num_out: int,
+    kernel_size: tuple[int, int, int],
+    conv_stride: tuple[int, int, int],
+    tensor_stride: Stride,
+) -> torch.Tensor:
+    """(K, N_out) map of a down-sampling with kernel == stride <= 2 from each input's parent row.
+
+    Args:
+        in_coords: (N_in, 4) input coordinates (multiples of ``tensor_stride``).
+        parent: (N_in,) output row of each input (``floor(c / S) * S``), -1 for none.
+        num_out: N_out.
+
+    Every input sits at ``i = (c - parent) / tensor_stride`` in [0, K) per axis inside its parent,
+    which is kernel offset ``o = i`` (``(K - 1) // 2 = 0`` for K <= 2): ``nbr[parent, k(i)] =
+    input``. Returned offset-major, i.e. ``lookup_neighbors(...).t()``.
+    """
+    device = in_coords.device
+    volume = math.prod(kernel_size)
+    table = torch.full((volume, num_out), -1, dtype=torch.int64, device=device)
+    if in_coords.shape[0] == 0:
+        return table
+    c = in_coords[:, 1:].to(torch.int64)
+    ts = torch.tensor(tensor_stride, dtype=torch.int64, device=device)
+    big = ts * torch.tensor(conv_stride, dtype=torch.int64, device=device)
+    inside = torch.div(torch.remainder(c, big), ts, rounding_mode="floor")  # (N_in, 3) in [0, K)
+    k_of, weights = _parent_offset_index(kernel_size, device)
+    k = k_of[inside[:, 0] * weights[2] + inside[:, 1] * weights[1] + inside[:, 2]]
+    rows = torch.arange(in_coords.shape[0], dtype=torch.int64, device=device)
+    keep = parent >= 0
+    if not bool(keep.all()):
+        parent, k, rows = parent[keep], k[keep], rows[keep]
+    table.view(-1)[k * num_out + parent] = rows
+    return table
+
+
 def downsample_coords(
     coords: torch.Tensor,
     tensor_stride: Stride,
     kernel_size: tuple[int, int, int],
     conv_stride: tuple[int, int, int],
-) -> tuple[torch.Tensor, HashTable]:
+    return_parent: bool = False,
+) -> tuple[torch.Tensor, HashTable] | tuple[torch.Tensor, HashTable, torch.Tensor | None]:
     """Output coordinates of a strided convolution and their (already sorted) hash table.
 
     Args:
         coords: (N, 4) input coordinates at ``tensor_stride``.
+        return_parent: also return the output row ``floor(c / S) * S`` of every input (kernel ==
+            stride on every strided axis; None otherwise).
 
     Returns:
-        (M, 4) int32 output coordinates sorted by ``(b, x, y, z)``, and their hash table.
+        (M, 4) int32 output coordinates sorted by ``(b, x, y, z)``, and their hash table (and the
+        parent rows).
     """
     device = coords.device
     ts = torch.tensor(tensor_stride, dtype=torch.int64, device=device)
     cs = torch.tensor(conv_stride, dtype=torch.int64, device=device)
     big = ts * cs
     c = coords.to(torch.int64)
+    parent = None
     if all(s in (1, k) for s, k in zip(conv_stride, kernel_size, strict=True)):
         out = c.clone()
         out[:, 1:] = torch.div(c[:, 1:], big, rounding_mode="floor") * big
         keys = hash_coords(out)
+        if return_parent:
+            keys, parent = torch.unique(keys, return_inverse=True)
+            return unhash_coords(keys), HashTable(keys, assume_sorted=True), parent
     else:
         # Output q (level units at ts * cs) sees input p through offset o when p = q * cs + o (in
         # units of ts), so q = (p - o) / cs for every offset o that makes it integral.
@@ -279,6 +561,8 @@ def downsample_coords(
         out = torch.cat([batch, q], dim=2)[ok]
         keys = hash_coords(out)
     keys = torch.unique(keys)
+    if return_parent:
+        return unhash_coords(keys), HashTable(keys, assume_sorted=True), parent
     return unhash_coords(keys), HashTable(keys, assume_sorted=True)
 
 
@@ -293,27 +577,66 @@ def get_kernel_map(
     kmap = x.cache.kmaps.get(key)
     if kmap is not None and kmap.num_in == x.num_points:
         return kmap
-    table = x.hashtable()
-    offsets = kernel_offsets(kernel_size, dilation, device=x.device)
+    fast = not use_reference_paths()
+    # Kernel == stride <= 2 on every axis (the U-Net's 2x2x2 stride-2 down-sampling): each input
+    # voxel has one parent and one offset in it.
+    by_parent = (
+        fast
+        and conv_stride != (1, 1, 1)
+        and dilation == (1, 1, 1)
+        and kernel_size == conv_stride
+        and max(kernel_size) <= 2
+        and _aligned(x.coords, x.stride)
+    )
+    parent = None
     if conv_stride == (1, 1, 1):
         out_coords, out_stride = x.coords, x.stride
     else:
         out_stride = tuple(a * b for a, b in zip(x.stride, conv_stride, strict=True))
         out_coords = x.cache.coords.get(out_stride)  # type: ignore[arg-type]
         if out_coords is None:
-            out_coords, out_table = downsample_coords(x.coords, x.stride, kernel_size, conv_stride)
+            out_coords, out_table, *rest = downsample_coords(
+                x.coords, x.stride, kernel_size, conv_stride, return_parent=by_parent
+            )
+            parent = rest[0] if rest else None
             x.cache.coords[out_stride] = out_coords  # type: ignore[index]
             x.cache.hashtables[out_stride] = out_table  # type: ignore[index]
-    nbr = lookup_neighbors(table, out_coords, offsets, x.stride)
-    volume = offsets.shape[0]
+    volume = math.prod(kernel_size)
+    nbr_t = None
+    if by_parent:
+        if parent is None:
+            # Output coordinates registered earlier: find each input's parent (N_in searches
+            # instead of N_out x K).
+            out_table = x.cache.hashtables.get(out_stride)  # type: ignore[arg-type]
+            if out_table is None:
+                out_table = HashTable.from_coords(out_coords)
+                x.cache.hashtables[out_stride] = out_table  # type: ignore[index]
+            c = x.coords.to(torch.int64)
+            big = torch.tensor(out_stride, dtype=torch.int64, device=c.device)
+            pc = torch.cat([c[:, :1], torch.div(c[:, 1:], big, rounding_mode="floor") * big], 1)
+            parent = out_table.lookup(hash_coords(pc))
+        nbr_t = neighbors_from_parents(
+            x.coords, parent, out_coords.shape[0], kernel_size, conv_stride, x.stride
+        )
+    elif fast and _z_aligned(x.coords, x.stride[2]) and _z_aligned(out_coords, x.stride[2]):
+        nbr_t = lookup_neighbors_by_column(
+            x.hashtable(),
+            out_coords,
+            kernel_size,
+            dilation,
+            x.stride,
+            submanifold=out_coords is x.coords,
+        )
     identity = volume // 2 if conv_stride == (1, 1, 1) and volume % 2 == 1 else None
-    kmap = KernelMap(
-        nbr=nbr,
-        num_in=x.num_points,
-        out_coords=out_coords,
-        out_stride=out_stride,
-        identity_k=identity,
+    common = dict(
+        num_in=x.num_points, out_coords=out_coords, out_stride=out_stride, identity_k=identity
     )
+    if nbr_t is not None:
+        kmap = KernelMap.from_offset_major(nbr_t, **common)  # type: ignore[arg-type]
+    else:
+        offsets = kernel_offsets(kernel_size, dilation, device=x.device)
+        nbr = lookup_neighbors(x.hashtable(), out_coords, offsets, x.stride)
+        kmap = KernelMap(nbr=nbr, **common)  # type: ignore[arg-type]
     x.cache.kmaps[key] = kmap
     return kmap
 

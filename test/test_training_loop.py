@@ -1,0 +1,250 @@
+"""The training loop on the tiny config: a fixed batch is overfitted, resume reproduces the next
+step bitwise, 2-process gloo DDP keeps the replicas identical, validation and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sam4d_core.checkpoint import load_state_dict_strict, read_checkpoint
+from sam4d_core.data.synthetic import generate_sequence, make_config
+from sam4d_core.modeling.configs import get_config
+from sam4d_core.modeling.sam4d_base import SAM4D
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # the repository's training/ package
+
+from training.clip_forward import run_clip  # noqa: E402
+from training.config import (  # noqa: E402
+    DataConfig,
+    LossConfig,
+    PromptConfig,
+    apply_overrides,
+    load_train_config,
+)
+from training.datasets import ClipDataset, InMemorySource  # noqa: E402
+from training.export_weights import export_weights  # noqa: E402
+from training.logger import read_scalars  # noqa: E402
+from training.prompt_simulation import plan_clip  # noqa: E402
+from training.train import Trainer, lr_factor  # noqa: E402
+from training.validation import validate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset() -> ClipDataset:
+    seq = generate_sequence(make_config("tiny", num_frames=2))
+    cfg = DataConfig(sources=[], clip_length=2, max_objects=2, image_size=(96, 64), max_cameras=1)
+    return ClipDataset([InMemorySource([seq])], cfg, seed=0)
+
+
+def _tiny_cfg(**over):
+    cfg = load_train_config("tiny_test")
+    return apply_overrides(cfg, [f"{k}={v}" for k, v in over.items()])
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_dataset) -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = SAM4D(get_config("sam4d_tiny")).train()
+    sample = tiny_dataset.sample(0)
+    pcfg = PromptConfig(num_correction_frames=1, correction_clicks=1, prob_correct_from_gt=0.0)
+    plan = plan_clip(sample, pcfg, np.random.default_rng(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(10):
+        res = run_clip(model, sample, plan, pcfg, LossConfig(), np.random.default_rng(1))
+        loss = res.losses.total()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert res.decodings == 3  # frame 0 + 1 corrective round, frame 1
+    assert min(losses[-3:]) < 0.6 * losses[0], losses
+    assert all(np.isfinite(losses))
+
+
+def test_resume_reproduces_the_next_step_bitwise(tmp_path) -> None:
+    torch.set_num_threads(1)
+    cfg = _tiny_cfg(ckpt_every=2, steps=3)
+    a = Trainer(cfg, tmp_path / "a", "cpu", quiet=True)
+    ra = a.fit()
+    b = Trainer(cfg, tmp_path / "b", "cpu", quiet=True)
+    rb = b.fit(resume=tmp_path / "a" / "checkpoints" / "step_0000002.pt")
+    assert [r.step for r in rb] == [3]
+    assert rb[0].loss == ra[2].loss  # bitwise
+    assert rb[0].clips == ra[2].clips
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.optimizer.state_dict()["state"][0]["exp_avg"].equal(
+        b.optimizer.state_dict()["state"][0]["exp_avg"]
+    )
+    # The run directory: config, checkpoints, JSONL scalars with the logged tags, final weights.
+    out = tmp_path / "a"
+    assert (out / "config.yaml").is_file()
+    scalars = read_scalars(out / "logs" / "scalars.jsonl")
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3]
+    for tag in ("train/lr", "train/grad_norm", "train/image_focal", "train/lidar_dice"):
+        assert tag in scalars
+    final = read_checkpoint(out / "model_final.pt")
+    assert final.config is not None and final.config.name == "sam4d_tiny"
+    last = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert int(last.extra["train_state"]["step"]) == 3
+    # Shipping: weights only, large tensors in float16, loadable into a float32 model.
+    half = export_weights(out / "checkpoints" / "last.pt", tmp_path / "half.pt", half=True)
+    ck = read_checkpoint(half)
+    assert ck.extra["step"] == 3 and "train_state" not in ck.extra
+    assert any(v.dtype == torch.float16 for v in ck.state_dict.values())
+    m = load_state_dict_strict(SAM4D(ck.config), ck.state_dict)
+    for k, v in m.state_dict().items():
+        assert torch.allclose(v.float(), sa[k].float(), rtol=1e-3, atol=1e-3), k
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    cfg = _tiny_cfg(steps=2, ckpt_every=0)
+    trainer = Trainer(cfg, out, "cpu", quiet=True)
+    records = trainer.fit()
+    torch.save(
+        {
+            "params": {k: v.detach().clone() for k, v in trainer.model.named_parameters()},
+            "clips": [c for r in records for c in r.clips],
+            "losses": [r.loss for r in records],
+        },
+        Path(out) / f"rank{rank}.pt",
+    )
+    trainer.close()
+
+
+def test_ddp_two_gloo_processes_keep_replicas_identical(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    assert r0["params"].keys() == r1["params"].keys()
+    for k, v in r0["params"].items():
+        assert torch.equal(v, r1["params"][k]), k
+    # Each rank trained on its own clips; the logged loss is the mean over ranks (same on both).
+    assert not set(r0["clips"]) & set(r1["clips"])
+    assert r0["losses"] == r1["losses"]
+    # Training moved the weights away from the initialisation.
+    torch.manual_seed(0)
+    init = dict(SAM4D(get_config("sam4d_tiny")).named_parameters())
+    assert any(not torch.equal(init[k], v) for k, v in r0["params"].items())
+    assert (tmp_path / "model_final.pt").is_file()  # rank 0 saved
+
+
+def test_validation_metrics(tiny_dataset) -> None:
+    torch.manual_seed(0)
+    model = SAM4D(get_config("sam4d_tiny"))
+    val = ClipDataset(
+        tiny_dataset.sources,
+        dataclasses.replace(
+            tiny_dataset.cfg,
+            augment=dataclasses.replace(tiny_dataset.cfg.augment, enabled=False),
+        ),
+        seed=1,
+    )
+    m = validate(model, val, num_clips=1)
+    assert m["objects"] >= 1 and model.training  # the mode is restored
+    for k in ("image_miou", "lidar_miou"):
+        assert 0.0 <= m[k] <= 1.0
+    assert any(k.endswith("_img_prompt") for k in m) or any(k.endswith("_lidar_prompt") for k in m)
+
+
+def test_lr_schedule() -> None:
+    assert lr_factor(0, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(55, 100, 0, "constant", 0.0) == 1.0
+
+
+def test_cli_help_and_config(tmp_path) -> None:
+    env = dict(os.environ)
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--resume" in run.stdout and "torchrun" in run.stdout and "tiny_test" in run.stdout
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.train",
+            "--config",
+            "sam4d_small_synthetic",
+            "--out",
+            str(tmp_path),
+            "--print-config",
+            "--steps",
+            "7",
+            "--set",
+            "optim.lr=0.01",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "steps: 7" in run.stdout and "lr: 0.01" in run.stdout
+    with pytest.raises(ValueError, match="nope"):
+        apply_overrides(load_train_config("tiny_test"), ["optim.nope=1"])
+
+
+def test_mask_prompts_and_bf16_autocast(tiny_dataset, tmp_path) -> None:
+    """Ground-truth mask prompts are taken as output (no loss there), and a bf16 autocast step
+    runs (the CUDA AMP path, checked with CPU autocast: slow on the CPU, so one tiny step)."""
+    from training.prompt_simulation import ClipPlan, initial_prompt
+
+    torch.manual_seed(0)
+    model = SAM4D(get_config("sam4d_tiny")).train()
+    sample = tiny_dataset.sample(1)
+    rng = np.random.default_rng(0)
+    pcfg = PromptConfig()
+    kinds = ("image", "lidar")
+    initial = [
+        initial_prompt(sample, b, pcfg, rng, modality=kinds[b % 2], kind="mask")
+        for b in range(sample.num_objects)
+    ]
+    plan = ClipPlan(initial, [0], {0: 1})
+    res = run_clip(model, sample, plan, pcfg, LossConfig(), rng, record=True)
+    loss = res.losses.total()
+    loss.backward()
+    assert torch.isfinite(loss)
+    lidar_obj = [b for b, st in enumerate(initial) if st.view == -1]
+    for b in lidar_obj:  # the LiDAR mask prompt is the frame-0 output itself
+        np.testing.assert_array_equal(
+            res.predictions[0].points[b], sample.targets[0].point_masks[b]
+        )
+    cfg = _tiny_cfg(steps=1, ckpt_every=0)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, amp="bf16"))
+    rec = Trainer(cfg, tmp_path, "cpu", quiet=True).fit()
+    assert np.isfinite(rec[0].loss)

@@ -1,0 +1,124 @@
+"""Validation during training: mIoU on held-out clips tracked from a first-frame prompt.
+
+Each object of a clip gets one click on the first frame (``"center"`` mode, SAM's evaluation
+click) alternately in a camera (even object index) and in the LiDAR (odd), falling back to the
+other modality when it is not visible there; no corrections; the rest is propagated by memory.
+Per object and modality, the IoU of each frame where the ground truth or the prediction is
+non-empty is averaged over frames (frames where both are empty are skipped; the image IoU of a
+frame pools the pixels of all cameras with ground truth; the LiDAR IoU excludes ignored points);
+mIoU is the mean over objects. Reported overall and by prompt modality (same-modality and
+cross-modal cases). This is a monitoring signal; the paper-style evaluation is separate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sam4d_core.modeling.sam4d_base import SAM4D
+
+from .clip_forward import FramePrediction, run_clip
+from .config import PromptConfig
+from .datasets import ClipDataset, ClipSample, FrameTargets
+from .prompt_simulation import LIDAR, ClipPlan, initial_prompt
+
+
+def frame_ious(
+    pred: FramePrediction, tg: FrameTargets, b: int
+) -> tuple[float | None, float | None]:
+    """(image IoU, LiDAR IoU) of object ``b`` on one frame; None where both masks are empty or
+    the view has no ground truth."""
+    inter = union = 0
+    any_gt = False
+    for slot, gt in enumerate(tg.camera_masks):
+        p = pred.cameras[slot] if slot < len(pred.cameras) else None
+        if gt is None or p is None:
+            continue
+        any_gt = True
+        inter += int((gt[b] & p[b]).sum())
+        union += int((gt[b] | p[b]).sum())
+    img = inter / union if any_gt and union > 0 else None
+    lid = None
+    if tg.point_masks is not None and pred.points is not None:
+        v = tg.point_valid
+        g, p = tg.point_masks[b] & v, pred.points[b] & v
+        u = int((g | p).sum())
+        lid = int((g & p).sum()) / u if u > 0 else None
+    return img, lid
+
+
+def clip_object_ious(
+    sample: ClipSample, preds: list[FramePrediction]
+) -> list[tuple[float | None, float | None]]:
+    """Per object (mean image IoU, mean LiDAR IoU) over the clip's frames (None: no frame)."""
+    out = []
+    for b in range(sample.num_objects):
+        imgs, lids = [], []
+        for pred, tg in zip(preds, sample.targets, strict=True):
+            i, j = frame_ious(pred, tg, b)
+            if i is not None:
+                imgs.append(i)
+            if j is not None:
+                lids.append(j)
+        out.append((float(np.mean(imgs)) if imgs else None, float(np.mean(lids)) if lids else None))
+    return out
+
+
+def validate(
+    model: SAM4D,
+    dataset: ClipDataset,
+    num_clips: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Runs ``num_clips`` clips (numbers 0..num_clips-1 of ``dataset``) in eval mode.
+
+    Returns:
+        ``image_miou``, ``lidar_miou`` (all prompts), ``{image,lidar}_miou_{img,lidar}_prompt``
+        (by prompt modality: e.g. ``lidar_miou_img_prompt`` is the cross-modal 2D -> 3D case),
+        ``objects``.
+    """
+    cfg = PromptConfig(
+        prob_mask=0.0, click_mode="center", num_correction_frames=0, correction_clicks=0
+    )
+    was_training = model.training
+    model.eval()
+    rows: dict[str, list[float]] = {}
+    n_obj = 0
+    try:
+        with torch.no_grad():
+            for g in range(num_clips):
+                sample = dataset.sample(g)
+                rng = np.random.default_rng([seed, 3, g])
+                initial = [
+                    initial_prompt(
+                        sample,
+                        b,
+                        cfg,
+                        rng,
+                        modality="image" if b % 2 == 0 else "lidar",
+                        kind="click",
+                        num_clicks=1,
+                    )
+                    for b in range(sample.num_objects)
+                ]
+                plan = ClipPlan(initial, [], {})
+                res = run_clip(model, sample, plan, cfg, None, rng, record=True)
+                for st, (img, lid) in zip(
+                    initial, clip_object_ious(sample, res.predictions), strict=True
+                ):
+                    if st.view is None:
+                        continue
+                    n_obj += 1
+                    src = "lidar" if st.view == LIDAR else "img"
+                    for name, v in (("image", img), ("lidar", lid)):
+                        if v is not None:
+                            rows.setdefault(f"{name}_miou", []).append(v)
+                            rows.setdefault(f"{name}_miou_{src}_prompt", []).append(v)
+    finally:
+        model.train(was_training)
+    out = {k: float(np.mean(v)) for k, v in sorted(rows.items())}
+    out["objects"] = float(n_obj)
+    return out
+
+
+__all__ = ["clip_object_ious", "frame_ious", "validate"]
