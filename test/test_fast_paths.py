@@ -372,3 +372,36 @@ def test_image_token_encodings_cached_per_calibration() -> None:
         assert torch.equal(umpe.image_pe(K, M2), ref3)
         assert not torch.equal(ref3, ref2)
         assert torch.equal(umpe.image_pe(K, M2, multi_modal=False), umpe.image_sine_pe(2))
+
+
+def test_objects_batched_sparse_conv_equals_one_at_a_time() -> None:
+    from sam4d_core.modeling.sparse import Conv3d
+    from sam4d_core.modeling.sparse.conv import sparse_conv3d_objects
+
+    coords = random_coords(14, density=0.4)
+    x = SparseTensor(torch.zeros(coords.shape[0], 1), coords, 1)
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(3, coords.shape[0], 5, generator=g)
+    for conv in (Conv3d(5, 4, 3, bias=True), Conv3d(5, 4, 2, stride=2)):
+        with torch.no_grad():
+            out, y = sparse_conv3d_objects(conv, feats, x)
+            for b in range(3):
+                ref = conv(x.replace_feats(feats[b]))
+                torch.testing.assert_close(out[b], ref.feats, rtol=1e-6, atol=1e-6)
+            assert torch.equal(y.coords, ref.coords) and y.stride == ref.stride
+        with reference_paths():
+            assert sparse_conv3d_objects(conv, feats, x) is None  # the per-object loop
+
+
+def test_packed_conv_under_autocast_and_with_gradients() -> None:
+    coords = random_coords(15)
+    x = SparseTensor(torch.randn(coords.shape[0], 4), coords, 1)
+    kernel = torch.randn(27, 4, 3)
+    ref = sparse_conv3d(x, kernel, 3, impl="loop")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sparse_conv3d(x, kernel, 3, impl="packed")
+    torch.testing.assert_close(out.feats.float(), ref.feats, rtol=0.05, atol=0.1)
+    feats = x.feats.clone().requires_grad_(True)
+    out = sparse_conv3d(SparseTensor(feats, coords, 1), kernel, 3, impl="packed")
+    out.feats.sum().backward()
+    assert feats.grad is not None and feats.grad.abs().sum() > 0

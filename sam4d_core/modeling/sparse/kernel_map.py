@@ -176,6 +176,12 @@ class KernelMap:
                 k_idx, out_idx = valid_t.nonzero(as_tuple=True)
                 in_idx = self.nbr[out_idx, k_idx]
                 counts = valid_t.sum(dim=1).tolist()
+            elif self.identity_k is None and self._packed is not None:
+                # Without an identity offset the packed pairs are all the pairs: share them.
+                in_idx, out_idx, segments = self._packed
+                counts = [0] * self.kernel_volume
+                for k, a, b in segments:
+                    counts[k] = b - a
             else:
                 # Same pairs in the same order (by offset, then output row), read from the
                 # offset-major table with flat indices.
@@ -195,6 +201,14 @@ class KernelMap:
             in_idx (P,), out_idx (P,) int64 (by offset, then output row), and ``(k, start, end)``
             for every offset with pairs (the identity offset is computed as a plain matmul).
         """
+        if self._packed is None and self.identity_k is None and self._pairs is not None:
+            in_idx, out_idx, counts = self._pairs  # no identity offset to drop: share them
+            segments, start = [], 0
+            for k, c in enumerate(counts):
+                if c:
+                    segments.append((k, start, start + c))
+                start += c
+            self._packed = (in_idx, out_idx, segments)
         if self._packed is None:
             nbr_t = self.offset_major()
             valid = nbr_t >= 0
