@@ -41,6 +41,7 @@ from sam4d_core.modeling.sam4d_base import (
     ObjectMemoryInput,
     ObjectPrompts,
     TrackOutput,
+    allocate_decode_outputs,
     upsample_mask_logits,
 )
 from sam4d_core.modeling.sparse import devoxelize
@@ -101,22 +102,10 @@ def decode_all_outputs(
     b = len(prompts)
     img, lid = features.image, features.lidar
     dev = model.device
-    c = model.hidden_dim
     groups: list[DecodeGroup] = []
-    img_masks = img_ious = img_scores = img_ptrs = None
-    if img is not None:
-        h4w4 = (4 * img.grid_size[0], 4 * img.grid_size[1])
-        ncam = img.num_cameras
-        img_masks = torch.empty(b, ncam, *h4w4, device=dev)
-        img_ious = torch.empty(b, ncam, device=dev)
-        img_scores = torch.empty(b, ncam, device=dev)
-        img_ptrs = torch.empty(b, ncam, c, device=dev)
-    pts_vox = pts_ious = pts_scores = pts_ptr = None
-    if lid is not None:
-        pts_vox = torch.empty(b, lid.num_s4, device=dev)
-        pts_ious = torch.empty(b, device=dev)
-        pts_scores = torch.empty(b, device=dev)
-        pts_ptr = torch.empty(b, c, device=dev)
+    (img_masks, img_ious, img_scores, img_ptrs, pts_vox, pts_ious, pts_scores, pts_ptr) = (
+        allocate_decode_outputs(features, b, model.hidden_dim, dev)
+    )
     for flag in (False, True):
         rows = [i for i in range(b) if bool(multimask[i]) == flag]
         if not rows:

@@ -1138,23 +1138,10 @@ class SAM4D(nn.Module):
         dev = self.device
         if dense_masks is None:
             dense_masks = torch.ones(b, dtype=torch.bool)
-        c = self.hidden_dim
-        ncam = img.num_cameras if img is not None else 0
-        h4w4 = (4 * img.grid_size[0], 4 * img.grid_size[1]) if img is not None else (0, 0)
         # Outputs, filled group by group.
-        img_masks = img_ious = img_scores = None
-        img_ptrs: torch.Tensor | None = None
-        if img is not None:
-            img_masks = torch.empty(b, ncam, *h4w4, device=dev)
-            img_ious = torch.empty(b, ncam, device=dev)
-            img_scores = torch.empty(b, ncam, device=dev)
-            img_ptrs = torch.empty(b, ncam, c, device=dev)
-        pts_vox = pts_ious = pts_scores = pts_ptr = None
-        if lid is not None:
-            pts_vox = torch.empty(b, lid.num_s4, device=dev)
-            pts_ious = torch.empty(b, device=dev)
-            pts_scores = torch.empty(b, device=dev)
-            pts_ptr = torch.empty(b, c, device=dev)
+        (img_masks, img_ious, img_scores, img_ptrs, pts_vox, pts_ious, pts_scores, pts_ptr) = (
+            allocate_decode_outputs(features, b, self.hidden_dim, dev)
+        )
 
         for flag in (False, True):
             rows = [i for i in range(b) if bool(multimask[i]) == flag]
@@ -1736,3 +1723,33 @@ __all__ = [
     "stage_timer",
     "upsample_mask_logits",
 ]
+
+
+def allocate_decode_outputs(
+    features: FrameFeatures, batch: int, hidden_dim: int, device: torch.device
+) -> tuple[torch.Tensor | None, ...]:
+    """Empty per-object output buffers of one decode, filled multimask group by multimask group.
+
+    Returns (img_masks (B, Ncam, 4h, 4w), img_ious (B, Ncam), img_scores (B, Ncam),
+    img_ptrs (B, Ncam, C), pts_vox (B, N4), pts_ious (B,), pts_scores (B,), pts_ptr (B, C));
+    the image ones are None without cameras, the LiDAR ones None without a sweep.
+    """
+    img, lid = features.image, features.lidar
+    img_out: tuple[torch.Tensor | None, ...] = (None, None, None, None)
+    if img is not None:
+        ncam, h4w4 = img.num_cameras, (4 * img.grid_size[0], 4 * img.grid_size[1])
+        img_out = (
+            torch.empty(batch, ncam, *h4w4, device=device),
+            torch.empty(batch, ncam, device=device),
+            torch.empty(batch, ncam, device=device),
+            torch.empty(batch, ncam, hidden_dim, device=device),
+        )
+    pts_out: tuple[torch.Tensor | None, ...] = (None, None, None, None)
+    if lid is not None:
+        pts_out = (
+            torch.empty(batch, lid.num_s4, device=device),
+            torch.empty(batch, device=device),
+            torch.empty(batch, device=device),
+            torch.empty(batch, hidden_dim, device=device),
+        )
+    return img_out + pts_out
