@@ -15,7 +15,7 @@ ROOT = Path(__file__).parent
 
 packages = find_packages(include=["sam4d_core", "sam4d_core.*", "sam4d_ros", "sam4d_ros.*"])
 package_dir = {}
-package_data = {}
+package_data = {"sam4d_core.weights": ["*.pt", "*.json", "*.md"]}
 for source, installed in (("training", "sam4d_training"), ("export", "sam4d_export")):
     if (ROOT / source / "__init__.py").exists():
         package_dir[installed] = source

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from sam4d_core.weights import BUNDLED_MODEL
+
 __all__ = [
     "BUNDLED_CHECKPOINT",
     "DEVICE_PATTERN",
@@ -51,9 +53,9 @@ __all__ = [
 ]
 
 PACKAGE = "sam4d_ros"
-# The default model shipped with the package (training issue): relative to the package's share
-# directory when installed, to the repository root in a checkout.
-BUNDLED_CHECKPOINT = "models/sam4d_default.pt"
+# The default model ships inside the sam4d_core Python package (sam4d_core/weights), so every
+# install finds it next to the code that loads it.
+BUNDLED_CHECKPOINT = BUNDLED_MODEL
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 RELIABILITIES = ("best_effort", "reliable")
@@ -160,8 +162,8 @@ def global_parameter_specs() -> list[ParamSpec]:
            "Model configuration: a registered name (e.g. sam4d_small, sam4d_hiera_s_mink34) or a "
            ".json file; empty = the config embedded in the checkpoint."),
         _g("model.checkpoint", "",
-           f"Model checkpoint file; empty = the bundled default model ({BUNDLED_CHECKPOINT} in "
-           "the package share directory or the repository). Relative paths: the working "
+           "Model checkpoint file; empty = the bundled default model "
+           f"(sam4d_core/weights/{BUNDLED_CHECKPOINT.name}). Relative paths: the working "
            "directory, then the share directory, then the repository."),
         _g("model.device", "auto",
            "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
@@ -484,12 +486,7 @@ def _share_dir() -> Path | None:
 
 def bundled_checkpoint_candidates() -> list[Path]:
     """Where the bundled model is looked for, in order."""
-    out = []
-    share = _share_dir()
-    if share is not None:
-        out.append(share / BUNDLED_CHECKPOINT)
-    out.append(_repo_root() / BUNDLED_CHECKPOINT)
-    return out
+    return [BUNDLED_CHECKPOINT]
 
 
 def resolve_checkpoint(value: str) -> Path:

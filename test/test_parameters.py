@@ -169,7 +169,8 @@ def test_checkpoint_resolution(tmp_path, monkeypatch):
     (msg,) = problems({"model.checkpoint": str(tmp_path / "x.pt")}, check_files=True)
     assert msg.startswith("model.checkpoint: '") and "x.pt" in msg
     candidates = bundled_checkpoint_candidates()
-    assert candidates[-1] == REPO / BUNDLED_CHECKPOINT
+    assert candidates == [REPO / "sam4d_core" / "weights" / "sam4d_small_synthetic.pt"]
+    assert BUNDLED_CHECKPOINT == candidates[0]
     if not any(c.is_file() for c in candidates):
         with pytest.raises(FileNotFoundError, match="the bundled default model not found"):
             resolve_checkpoint("")

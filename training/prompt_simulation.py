@@ -15,9 +15,11 @@ Per clip (:func:`plan_clip`):
 - every other frame is propagated from memory (no prompt).
 
 Click sampling from a region (:func:`sample_pixel`, :func:`sample_point`): ``"uniform"`` (SAM2's
-training) or ``"center"``: the pixel farthest from the region's boundary (distance transform,
-the image border counts as boundary, as SAM2's ``sample_one_point_from_error_center``) or the
-point farthest from any point outside the region (3D nearest neighbours).
+training) or ``"center"``: the pixel farthest from the region's boundary (exact distance
+transform, the image border counts as boundary, as SAM2's ``sample_one_point_from_error_center``)
+or the point farthest from any valid point outside the region (3D nearest neighbours). The
+``"center"`` click is the evaluation's 1-click prompt, defined once in
+:mod:`sam4d_core.evaluation.first_frame_prompts` (:func:`center_pixel`, :func:`center_point`).
 
 Image coordinates are pixels of the camera image as given to the model (x = column, y = row,
 pixel centres at integers); LiDAR coordinates are metres in the LiDAR frame of the clip's
@@ -28,10 +30,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
+from sam4d_core.evaluation.first_frame_prompts import (
+    center_pixel,
+    center_point,
+    distance_to_boundary,
+)
 from sam4d_core.modeling.sam4d_base import CameraPrompt, LidarPrompt, ObjectPrompts
 
 from .config import PromptConfig
@@ -49,11 +55,7 @@ def sample_pixel(region: np.ndarray, rng: np.random.Generator, mode: str = "unif
     if not region.any():
         return None
     if mode == "center":
-        dt = cv2.distanceTransform(
-            np.pad(region.astype(np.uint8), 1, mode="constant"), cv2.DIST_L2, 5
-        )[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(dt)), dt.shape)
-        return float(x), float(y)
+        return center_pixel(region)
     if mode != "uniform":
         raise ValueError(f"unknown click mode {mode!r} (uniform, center)")
     ys, xs = np.nonzero(region)
@@ -76,13 +78,7 @@ def sample_point(
     if idx.size == 0:
         return None
     if mode == "center":
-        outside = ~region if valid is None else (~region & valid)
-        out_idx = np.flatnonzero(outside)
-        if out_idx.size == 0:
-            centre = xyz[idx].mean(axis=0)
-            return int(idx[np.argmin(np.linalg.norm(xyz[idx] - centre, axis=1))])
-        d, _ = cKDTree(xyz[out_idx]).query(xyz[idx], k=1)
-        return int(idx[int(np.argmax(d))])
+        return center_point(xyz, region, valid)
     if mode != "uniform":
         raise ValueError(f"unknown click mode {mode!r} (uniform, center)")
     return int(idx[int(rng.integers(idx.size))])
@@ -101,9 +97,7 @@ def sample_error_pixel(
         for region, lab in ((fn, 1), (fp, 0)):
             if not region.any():
                 continue
-            dt = cv2.distanceTransform(
-                np.pad(region.astype(np.uint8), 1, mode="constant"), cv2.DIST_L2, 5
-            )[1:-1, 1:-1]
+            dt = distance_to_boundary(region)
             k = int(np.argmax(dt))
             if dt.flat[k] > best_d:
                 best_d = float(dt.flat[k])

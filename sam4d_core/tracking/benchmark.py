@@ -237,17 +237,31 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", action="append", help="config(s) to time (default sam4d_small)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--data", choices=("kitti", "synthetic"), default=None)
-    ap.add_argument("--kitti-dir", type=Path, default=KITTI_DIR)
-    ap.add_argument("--points", type=int, default=30000)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--objects", default="1,4,16")
-    ap.add_argument("--cameras", default="1,3,6")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument(
+        "--data",
+        choices=("kitti", "synthetic"),
+        default=None,
+        help="input frames: the KITTI sample (default when present) or a synthetic drive",
+    )
+    ap.add_argument("--kitti-dir", type=Path, default=KITTI_DIR, help="KITTI raw sample folder")
+    ap.add_argument("--points", type=int, default=30000, help="points per sweep (default 30000)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per case (default 20)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    ap.add_argument(
+        "--objects", default="1,4,16", help="comma-separated object counts (default 1,4,16)"
+    )
+    ap.add_argument(
+        "--cameras", default="1,3,6", help="comma-separated camera counts (default 1,3,6)"
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="stage clock: wall time, or this process's CPU time (less sensitive to load)",
+    )
     ap.add_argument("--reference", action="store_true", help="run the reference paths")
     args = ap.parse_args(argv)
     if args.threads:

@@ -1,0 +1,314 @@
+"""The evaluation report: JSON layout, aggregation into the paper's table, Markdown, lookups.
+
+JSON (``format`` ``sam4d_ros.evaluation``, version 1)::
+
+    command, argv            the command that regenerates the report, and the one that ran
+    checkpoint               path, sha256, crc32, bytes, config name
+    settings                 the evaluation settings (EvalConfig + threads, device, ...)
+    sources[]                name, kind, held_out (enters the headline aggregate), details,
+                             sequences[] (SequenceResult.to_dict: objects and per-object runs
+                             with per-frame image_iou / boundary_f / lidar_iou / camera_iou
+                             and their means),
+                             cells (that source's table)
+    aggregate                the headline table over the held-out sources: cells keyed
+                             "<prompt>/<modality>" (image_miou, j, f, jf, lidar_miou, objects)
+    targets[]                the issue's targets checked on the aggregate
+    timing                   seconds in all and per sequence (with argv, what differs between
+                             identical runs)
+
+A cell pools the objects of all sequences of its sources: mean over objects of each object's
+mean over frames (:mod:`.metrics`). Lookups for other tools: :func:`load_report`,
+:func:`object_result` (e.g. the ROS demo compares its node-measured IoU with an object's entry).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sam4d_core.evaluation.metrics import j_and_f, mean_or_none
+
+FORMAT_NAME = "sam4d_ros.evaluation"
+FORMAT_VERSION = 1
+
+PROMPT_NAMES = {"1click": "1 click", "3click": "3 clicks", "box": "box", "mask": "GT mask"}
+MODALITY_NAMES = {"img": "image (2D)", "pts": "LiDAR (3D)"}
+
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("1click", "img", "image_miou", 0.70),
+    ("1click", "pts", "lidar_miou", 0.70),
+    ("1click", "img", "lidar_miou", 0.60),
+    ("1click", "pts", "image_miou", 0.60),
+)
+"""The issue's targets: (prompt, prompt modality, metric, minimum) for 20-frame sequences."""
+
+
+def cell_key(prompt: str, modality: str) -> str:
+    return f"{prompt}/{modality}"
+
+
+def aggregate_runs(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per (prompt, modality) cell: the means over objects of the runs' per-object means."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(cell_key(r["prompt"], r["modality"]), []).append(r)
+    cells = {}
+    for key, rs in groups.items():
+        j = mean_or_none(r["j"] for r in rs)
+        f = mean_or_none(r["f"] for r in rs)
+        cells[key] = {
+            "image_miou": j,
+            "j": j,
+            "f": f,
+            "jf": j_and_f(j, f),
+            "lidar_miou": mean_or_none(r["lidar_miou"] for r in rs),
+            "objects": len(rs),
+            "image_objects": sum(r["j"] is not None for r in rs),
+            "lidar_objects": sum(r["lidar_miou"] is not None for r in rs),
+        }
+    return cells
+
+
+def source_runs(source: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for s in source["sequences"] for r in s["runs"]]
+
+
+def check_targets(cells: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets on a table: value (None when the cell is missing) and whether met."""
+    out = []
+    for prompt, mod, metric, minimum in TARGETS:
+        cell = cells.get(cell_key(prompt, mod))
+        value = None if cell is None else cell.get(metric)
+        out.append(
+            {
+                "prompt": prompt,
+                "modality": mod,
+                "metric": metric,
+                "cross_modal": (mod == "img") != (metric == "image_miou"),
+                "target": minimum,
+                "value": value,
+                "met": value is not None and value >= minimum,
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookups.
+
+
+def load_report(path: str | Path | None = None) -> dict[str, Any]:
+    """Reads a report (default: the bundled model's,
+    :data:`sam4d_core.weights.BUNDLED_EVAL_JSON`)."""
+    if path is None:
+        from sam4d_core.weights import BUNDLED_EVAL_JSON
+
+        path = BUNDLED_EVAL_JSON
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    if report.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}: not an evaluation report (format {report.get('format')!r})")
+    if report.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: report version {report.get('version')}, expected 1")
+    return report
+
+
+def object_result(
+    report: Mapping[str, Any],
+    sequence: str,
+    object_id: int,
+    prompt: str = "1click",
+    modality: str = "img",
+    source: str | None = None,
+) -> dict[str, Any]:
+    """One object's entry: ``first_frame``, ``prompt_detail`` (camera, ``points`` = the click(s),
+    box, mask size), ``frames``, per-frame ``image_iou`` (pooled over cameras) / ``boundary_f`` /
+    ``lidar_iou``, ``camera_iou`` (camera -> per-frame IoU in that camera alone) and the means
+    (``image_miou``, ``j``, ``f``, ``jf``, ``lidar_miou``).
+
+    Args:
+        sequence: the sequence name (e.g. ``"synthetic_drive"``, ``"bundled_sample_950000"``).
+        source: restrict to the source of that name (None: the first sequence of that name).
+
+    Raises:
+        KeyError: no such sequence, or the object was not evaluated with that prompt.
+    """
+    found_seq = False
+    for src in report["sources"]:
+        if source is not None and src["name"] != source:
+            continue
+        for seq in src["sequences"]:
+            if seq["name"] != sequence:
+                continue
+            found_seq = True
+            for r in seq["runs"]:
+                if (
+                    int(r["object_id"]) == int(object_id)
+                    and r["prompt"] == prompt
+                    and r["modality"] == modality
+                ):
+                    return dict(r)
+            evaluated = seq.get("objects", [])
+            raise KeyError(
+                f"sequence {sequence!r}: object {object_id} has no {prompt}/{modality} entry "
+                f"(evaluated objects: {evaluated})"
+            )
+    if not found_seq:
+        raise KeyError(f"no sequence {sequence!r} in the report")
+    raise KeyError(sequence)  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown.
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def markdown_table(cells: Mapping[str, Mapping[str, Any]], combos: Iterable[tuple[str, str]]):
+    """The paper-style table: one row per (prompt, prompt modality); cells of the other modality
+    than the prompt's are the cross-modal cases, marked ``x-modal``."""
+    lines = [
+        "| prompt | prompted in | image mIoU | image J&F (J / F) | LiDAR mIoU | objects |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for prompt, mod in combos:
+        c = cells.get(cell_key(prompt, mod))
+        if c is None:
+            continue
+        img_mark = "" if mod == "img" else " (x-modal 3D->2D)"
+        lid_mark = "" if mod == "pts" else " (x-modal 2D->3D)"
+        jf = f"{_fmt(c['jf'])} ({_fmt(c['j'])} / {_fmt(c['f'])})"
+        if mod == "img":
+            img, jf_cell = f"**{_fmt(c['image_miou'])}**", f"**{jf}**"
+            lid = f"{_fmt(c['lidar_miou'])}{lid_mark}"
+        else:
+            img, jf_cell = f"{_fmt(c['image_miou'])}{img_mark}", f"{jf}{img_mark}"
+            lid = f"**{_fmt(c['lidar_miou'])}**"
+        lines.append(
+            f"| {PROMPT_NAMES.get(prompt, prompt)} | {MODALITY_NAMES.get(mod, mod)} | {img} | "
+            f"{jf_cell} | {lid} | {c['objects']} |"
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The Markdown report of a JSON report."""
+    st = report["settings"]
+    ck = report["checkpoint"]
+    combos = [(p, m) for p in st["prompt_types"] for m in st["modalities"]]
+    held = [s for s in report["sources"] if s["held_out"]]
+    n_seq = sum(len(s["sequences"]) for s in held)
+    n_obj = sum(len(q["objects"]) for s in held for q in s["sequences"])
+    out = [
+        f"# Streaming evaluation of `{Path(ck['path']).name}`",
+        "",
+        f"Checkpoint `{ck['path']}` (config `{ck['config']}`, sha256 `{ck['sha256'][:16]}...`, "
+        f"{ck['bytes']:,} bytes). Regenerate this report (and its JSON) with:",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+        "Protocol (as the SAM4D paper's streaming table): every object is prompted once, on the "
+        "first frame where it appears in the prompt's modality (image: >= "
+        f"{st['min_pixels']} pixels in a camera, the camera where it is largest; LiDAR: >= "
+        f"{st['min_points']} points), then tracked by the streaming tracker to the end of the "
+        "sequence. 1 click: the point deepest inside the ground truth (SAM's evaluation click); "
+        "3 clicks: that click plus two farthest-point clicks inside the object; box: the tight "
+        "ground-truth box (BEV box in the LiDAR); GT mask: the ground-truth mask. Per object the "
+        "scores are averaged over its frames from the prompted one on (frames where the ground "
+        "truth and the prediction are both empty are skipped; a predicted but absent object "
+        "scores 0), then over objects. Image scores pool all cameras; J&F is DAVIS's (boundary "
+        f"tolerance {st['bound_th']} of the image diagonal). Bold: same modality as the prompt; "
+        "x-modal: the cross-modal cases. Objects: those not blacklisted and visible in both "
+        "modalities"
+        + (
+            f", at most {st['max_objects']} per sequence (a random sample seeded by the sequence "
+            "name; in a recording the ROS demo's object is always among them)"
+            if st.get("max_objects")
+            else ""
+        )
+        + ".",
+        "",
+    ]
+    agg = report["aggregate"]
+    out += [
+        f"## Held-out ({', '.join(agg['sources'])}): {n_seq} sequences, {n_obj} objects",
+        "",
+        markdown_table(agg["cells"], combos),
+        "",
+    ]
+    tg = report.get("targets", [])
+    if tg:
+        parts = []
+        for t in tg:
+            what = (
+                f"{PROMPT_NAMES.get(t['prompt'], t['prompt'])} in "
+                f"{'the image' if t['modality'] == 'img' else 'the LiDAR'} -> "
+                f"{'image' if t['metric'] == 'image_miou' else 'LiDAR'} mIoU"
+            )
+            status = "n/a" if t["value"] is None else ("met" if t["met"] else "NOT met")
+            parts.append(f"{what} {_fmt(t['value'])} (target >= {t['target']:.2f}: {status})")
+        out += [
+            "Targets of the issue (first-frame prompt, 20 frames): " + "; ".join(parts) + ".",
+            "",
+        ]
+    for src in report["sources"]:
+        if src["held_out"] and len(held) == 1:
+            continue
+        seqs = src["sequences"]
+        note = "" if src["held_out"] else " (reported separately, not in the held-out aggregate)"
+        out += [
+            f"## {src['name']}{note}: {len(seqs)} sequence(s), "
+            f"{sum(len(q['objects']) for q in seqs)} objects",
+            "",
+            markdown_table(src["cells"], combos),
+            "",
+        ]
+    # Per sequence, 1-click (or the first prompt type) rows: where the numbers come from.
+    first = st["prompt_types"][0]
+    out += [
+        f"## Per sequence ({PROMPT_NAMES.get(first, first)}; image / LiDAR mIoU)",
+        "",
+        "| source | sequence | objects (of candidates) | "
+        + " | ".join(f"prompted in {MODALITY_NAMES.get(m, m)}" for m in st["modalities"])
+        + " |",
+        "|---|---|---|" + "---|" * len(st["modalities"]),
+    ]
+    for src in report["sources"]:
+        for seq in src["sequences"]:
+            cells = aggregate_runs(seq["runs"])
+            row = [src["name"], seq["name"], f"{len(seq['objects'])} ({seq['num_candidates']})"]
+            for m in st["modalities"]:
+                c = cells.get(cell_key(first, m))
+                row.append(
+                    "n/a" if c is None else f"{_fmt(c['image_miou'])} / {_fmt(c['lidar_miou'])}"
+                )
+            out.append("| " + " | ".join(row) + " |")
+    timing = report.get("timing", {})
+    if timing:
+        out += [
+            "",
+            f"Run time: {timing.get('total_s', 0.0) / 60:.1f} min with {st.get('threads')} "
+            f"thread(s) on {st.get('device')} ({timing.get('machine', '')}).",
+        ]
+    return "\n".join(out) + "\n"
+
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "TARGETS",
+    "aggregate_runs",
+    "cell_key",
+    "check_targets",
+    "load_report",
+    "markdown_table",
+    "object_result",
+    "render_markdown",
+    "source_runs",
+]
