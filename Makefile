@@ -15,15 +15,19 @@ VENV_STAMP := $(VENV)/.sam4d-installed
 BUILD_STAMP := $(BUILD_DIR)/.sam4d-built
 RUN := test/env/ros_env.sh
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 # Everything the colcon build reads: a change to any of these rebuilds (new files need the install
 # step even with --symlink-install).
 BUILD_INPUTS := package.xml CMakeLists.txt $(shell find msg srv sam4d_ros sam4d_core launch config \
 	rviz test/env/tf2_msgs -name __pycache__ -prune -o -type f -print 2>/dev/null)
 
-.PHONY: help env build test lint bench-conversions sample-data lock clean
+.PHONY: help env build demo test lint bench-conversions sample-data lock clean
 
 help:
+	@echo "make demo               set up if needed, then the main job: the node on the bundled"
+	@echo "                        recording, prompted; report + video in .build/demo/"
+	@echo "                        (DEMO_ARGS='--bag DIR --prompt front:320,200@0.3' for others)"
 	@echo "make test               set up .venv and .build if needed, then run the tests"
 	@echo "make env | build        only the venv | the venv and the colcon build"
 	@echo "make lint               ruff over the repository"
@@ -48,6 +52,11 @@ $(BUILD_STAMP): $(VENV_STAMP) $(BUILD_INPUTS)
 	@echo "== colcon build into $(BUILD_DIR)"
 	@test/env/colcon_build.sh
 	@touch $@
+
+# The main job (sam4d_ros/tools/demo/); it prints where the report, the video and the recorded
+# outputs are.
+demo: $(BUILD_STAMP)
+	@$(RUN) python -m sam4d_ros.tools.demo $(DEMO_ARGS)
 
 test: $(BUILD_STAMP)
 	@$(RUN) pytest test $(PYTEST_ARGS)

@@ -50,6 +50,7 @@ __all__ = [
     "sensor_qos",
     "validate_parameters",
     "validate_update",
+    "write_params_file",
 ]
 
 PACKAGE = "sam4d_ros"
@@ -487,6 +488,22 @@ def _share_dir() -> Path | None:
 def bundled_checkpoint_candidates() -> list[Path]:
     """Where the bundled model is looked for, in order."""
     return [BUNDLED_CHECKPOINT]
+
+
+def write_params_file(path: Path, values: Mapping[str, Any], node: str = "sam4d_node") -> Path:
+    """Writes a ROS 2 parameter file (``--params-file``) for ``node`` from flat dotted names,
+    nested as ROS expects; returns ``path``."""
+    import yaml
+
+    nested: dict[str, Any] = {}
+    for name, value in values.items():
+        d = nested
+        parts = name.split(".")
+        for part in parts[:-1]:
+            d = d.setdefault(part, {})
+        d[parts[-1]] = value
+    path.write_text(yaml.safe_dump({node: {"ros__parameters": nested}}, sort_keys=False))
+    return path
 
 
 def resolve_checkpoint(value: str) -> Path:

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from conftest import REPO_ROOT, ROS_PROCESSES, RosProcess
+from sam4d_ros.parameters import write_params_file
 
 BAG = REPO_ROOT / "test" / "data" / "synthetic_drive"
 CONFIG_YAML = REPO_ROOT / "config" / "sam4d.yaml"
@@ -150,19 +151,6 @@ def make_parameters(checkpoint: Path, **changes: Any) -> dict[str, Any]:
     )
     values.update(changes)
     return values
-
-
-def write_params_file(path: Path, values: Mapping[str, Any], node: str = "sam4d_node") -> Path:
-    """A ROS 2 parameter file of flat dotted names (nested as ROS expects)."""
-    nested: dict[str, Any] = {}
-    for name, value in values.items():
-        d = nested
-        parts = name.split(".")
-        for part in parts[:-1]:
-            d = d.setdefault(part, {})
-        d[parts[-1]] = value
-    path.write_text(yaml.safe_dump({node: {"ros__parameters": nested}}, sort_keys=False))
-    return path
 
 
 def node_parameters(values: Mapping[str, Any]) -> Any:

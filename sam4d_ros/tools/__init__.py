@@ -1,5 +1,9 @@
-"""ROS-side command-line tools that stand in for ``ros2 bag`` where rosbag2 is not installed.
+"""ROS-side command-line tools: the demo, and stand-ins for ``ros2 bag`` where rosbag2 is not
+installed.
 
+- ``python -m sam4d_ros.tools.demo ...`` (``make demo``): the main job, ``sam4d_node`` on a
+  recording with a scripted prompt; writes a report, an overlay video and the recorded outputs
+  (package :mod:`sam4d_ros.tools.demo`).
 - ``python -m sam4d_ros.tools.play BAG ...``: play a rosbag2 bag (MCAP or sqlite3) into topics
   (:class:`~sam4d_ros.tools.play.BagPlayer`).
 - ``python -m sam4d_ros.tools.record -o OUT ...``: record topics into a rosbag2 bag
