@@ -429,9 +429,3 @@ def test_candidates_and_selection() -> None:
     assert select_objects(seq, one, include=[4])[0] == [4]
     assert select_objects(seq, one, include=[3])[0] != [3]  # not a candidate
     assert "lane marking" in DEFAULT_SEMANTIC_BLACKLIST
-
-
-def test_blacklist_matches_training() -> None:
-    from training.config import DEFAULT_SEMANTIC_BLACKLIST as TRAINING
-
-    assert tuple(DEFAULT_SEMANTIC_BLACKLIST) == tuple(TRAINING)

@@ -24,17 +24,11 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# The official recipe's semantic blacklist (classes that are never prompted objects): one list for
+# training and evaluation, defined in the core (which cannot import training).
+from sam4d_core.evaluation.streaming_eval import DEFAULT_SEMANTIC_BLACKLIST
 
-# The official recipe's semantic blacklist (classes that are never prompted objects).
-DEFAULT_SEMANTIC_BLACKLIST: tuple[str, ...] = (
-    "road",
-    "sidewalk",
-    "crosswalk",
-    "curb",
-    "lane line",
-    "lane marking",
-)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass

@@ -67,8 +67,8 @@ DEFAULT_SEMANTIC_BLACKLIST: tuple[str, ...] = (
     "lane line",
     "lane marking",
 )
-"""The official recipe's classes that are never prompted objects (the same list as training's
-``DEFAULT_SEMANTIC_BLACKLIST``; compared case-, space- and underscore-insensitively)."""
+"""The official recipe's classes that are never prompted objects (training's label filter uses
+this list too; compared case-, space- and underscore-insensitively)."""
 
 DEFAULT_MIN_PIXELS = 30
 # Road users: the classes the demo prefers to prompt (tracking a moving car shows more than a wall).
