@@ -189,6 +189,12 @@ def save_checkpoint(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     payload.update(extra or {})
+    return save_atomic(payload, path)
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, renamed over it when complete (a
+    reader never sees a half-written checkpoint); returns ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -449,6 +455,7 @@ __all__ = [
     "load_official_checkpoint",
     "load_state_dict_strict",
     "read_checkpoint",
+    "save_atomic",
     "save_checkpoint",
     "summarize_state_dict",
 ]

@@ -12,15 +12,13 @@ own dtype, so a half file loads into a float32 model unchanged.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sam4d_core.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint
+from sam4d_core.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint, save_atomic
 from sam4d_core.modeling.configs import config_to_dict
 
 # Kept in float32 whatever their size: metric geometry.
@@ -59,15 +57,7 @@ def export_weights(src: str | Path, dst: str | Path, half: bool = False, **meta:
     }
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return save_atomic(payload, dst)
 
 
 def main(argv: list[str] | None = None) -> int:
