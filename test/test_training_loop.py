@@ -217,6 +217,10 @@ def test_cli_help_and_config(tmp_path) -> None:
     assert "steps: 7" in run.stdout and "lr: 0.01" in run.stdout
     with pytest.raises(ValueError, match="nope"):
         apply_overrides(load_train_config("tiny_test"), ["optim.nope=1"])
+    # PyYAML reads "8e-4" (no dot) as a string; a float field takes it as the number.
+    assert apply_overrides(load_train_config("tiny_test"), ["optim.lr=8e-4"]).optim.lr == 8e-4
+    with pytest.raises(ValueError, match="optim.lr: expected float"):
+        apply_overrides(load_train_config("tiny_test"), ["optim.lr=fast"])
 
 
 def test_mask_prompts_and_bf16_autocast(tiny_dataset, tmp_path) -> None:
@@ -248,3 +252,24 @@ def test_mask_prompts_and_bf16_autocast(tiny_dataset, tmp_path) -> None:
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, amp="bf16"))
     rec = Trainer(cfg, tmp_path, "cpu", quiet=True).fit()
     assert np.isfinite(rec[0].loss)
+
+
+def test_resume_refuses_a_different_config(tmp_path, capsys) -> None:
+    """Resuming with another recipe would change it halfway: refused, naming the keys; the run's
+    own config.yaml (with more steps or threads) is accepted up to building the trainer."""
+    from training.config import config_differences, dump_yaml
+    from training.train import main
+
+    saved = apply_overrides(
+        load_train_config("tiny_test"), ["optim.lr=0.005", "data.max_objects=3"]
+    )
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    (tmp_path / "config.yaml").write_text(dump_yaml(saved))
+    rc = main(["--config", "tiny_test", "--out", str(tmp_path), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "data.max_objects, optim.lr differ" in err and str(tmp_path / "config.yaml") in err
+    longer = apply_overrides(saved, ["steps=99999", "num_threads=7", "data.num_workers=3"])
+    assert config_differences(saved, longer) == []
+    assert config_differences(saved, apply_overrides(saved, ["seed=5"])) == ["seed"]

@@ -284,6 +284,29 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+RESUME_MAY_CHANGE = ("steps", "num_threads", "data.num_workers")
+"""Settings a resumed run may change (machine settings, and the length of the run)."""
+
+
+def config_differences(
+    a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = RESUME_MAY_CHANGE
+) -> list[str]:
+    """Dotted keys whose values differ between ``a`` and ``b`` (``ignore`` left out)."""
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, where: str) -> None:
+        if where in ignore:
+            return
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                walk(x.get(k), y.get(k), f"{where}.{k}" if where else k)
+        elif x != y:
+            out.append(where)
+
+    walk(to_dict(a), to_dict(b), "")
+    return out
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     """``value`` (from YAML) as type ``tp`` (dataclasses, lists of them, tuples, optionals)."""
     origin = typing.get_origin(tp)
@@ -312,6 +335,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads "8e-4" (no dot) as a string; it is meant as a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
@@ -394,10 +423,12 @@ __all__ = [
     "LossConfig",
     "OptimConfig",
     "PromptConfig",
+    "RESUME_MAY_CHANGE",
     "SourceConfig",
     "TrainConfig",
     "ValConfig",
     "apply_overrides",
+    "config_differences",
     "dump_yaml",
     "from_dict",
     "load_train_config",

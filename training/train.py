@@ -63,6 +63,7 @@ from .clip_forward import run_clip
 from .config import (
     TrainConfig,
     apply_overrides,
+    config_differences,
     dump_yaml,
     load_train_config,
     named_configs,
@@ -681,6 +682,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is True and not (args.out / "checkpoints" / "last.pt").is_file():
         print(f"error: nothing to resume in {args.out}", file=sys.stderr)
         return 2
+    saved = args.out / "config.yaml"
+    if args.resume and saved.is_file():
+        # A resumed run continues the same recipe: a different --config / --set would silently
+        # change it halfway (and overwrite config.yaml). Only the length and machine settings may.
+        diffs = config_differences(load_train_config(saved), cfg)
+        if diffs:
+            print(
+                f"error: {args.out} was trained with another config ({', '.join(diffs)} differ); "
+                f"resume with --config {saved} (steps, threads and workers may change)",
+                file=sys.stderr,
+            )
+            return 2
     trainer = Trainer(cfg, args.out, args.device, False if args.no_tensorboard else None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, trainer.request_stop)
