@@ -449,9 +449,11 @@ def run_clip(
                         weights,
                         loss_cfg,  # type: ignore[arg-type]
                     )
-        mems = model.encode_memory(features, res.track)
-        for k in range(b):
-            store[k][t] = mems[k]
+        if t + 1 < t_len:
+            # The last frame's memories would feed no later frame and no loss: not encoded.
+            mems = model.encode_memory(features, res.track)
+            for k in range(b):
+                store[k][t] = mems[k]
         if t == 0 or (corrected and prompt_cfg.corrections_as_cond):
             cond_frames.append(t)
         else:
