@@ -273,3 +273,35 @@ def test_resume_refuses_a_different_config(tmp_path, capsys) -> None:
     longer = apply_overrides(saved, ["steps=99999", "num_threads=7", "data.num_workers=3"])
     assert config_differences(saved, longer) == []
     assert config_differences(saved, apply_overrides(saved, ["seed=5"])) == ["seed"]
+
+
+def test_sigterm_to_the_process_group_stops_and_saves(tmp_path) -> None:
+    """A batch scheduler stops a job with SIGTERM to all of its processes, data workers included:
+    the run finishes its step, saves last.pt and exits 0 (a killed worker would crash it)."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train", "--config", "tiny_test", "--out", str(out)]
+        + ["--steps", "100000", "--workers", "1", "--no-tensorboard"],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        scalars = out / "logs" / "scalars.jsonl"
+        deadline = time.monotonic() + 240
+        while not (scalars.is_file() and "train/loss" in scalars.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGTERM)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, text
+    assert "stopped at step" in text and (out / "checkpoints" / "last.pt").is_file(), text

@@ -262,6 +262,11 @@ def _identity(batch: list[ClipSample]) -> list[ClipSample]:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # data workers share the cores with the training process
+    # A stop request sent to the whole process group (a terminal's Ctrl-C, a batch scheduler's
+    # SIGTERM to every process of the job) is the main process's to handle: it finishes the step,
+    # saves and shuts the workers down. A worker killed by it would crash the run unsaved.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def clip_loader(dataset: ClipDataset, start_step: int, cfg: TrainConfig, info: DistInfo):
