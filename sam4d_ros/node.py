@@ -57,7 +57,7 @@ from geometry_msgs.msg import Point, PointStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -1129,6 +1129,23 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+# rclpy's executor runs Python on every wake-up (it rebuilds its wait set), and the multithreaded
+# one wakes again at once while a ready entity's callback group is busy. With a 100 Hz /clock (a
+# bag played with --clock) its loop held the GIL ~93 % of the time (py-spy --gil) and the worker,
+# which needs the GIL between torch operations, took 2-9 s for a 0.3 s tracker step (sweeps
+# dropped). A pause between iterations, the GIL released, bounds the loop's share; it delays a
+# callback by at most this much.
+SPIN_PAUSE_S = 0.001
+
+
+def spin_yielding(executor: Executor, pause_s: float = SPIN_PAUSE_S) -> None:
+    """``executor.spin()`` with a pause (GIL released) after each iteration."""
+    context = executor.context
+    while context.ok():
+        executor.spin_once(timeout_sec=0.1)
+        time.sleep(pause_s)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Run the node until interrupted. ``args``: command line like ``sys.argv`` (program name
     first; ``--ros-args ...`` go to rclpy). Returns the exit status (0 after Ctrl-C, 1 when the
@@ -1158,7 +1175,7 @@ def main(args: Sequence[str] | None = None) -> int:
             return 1
         executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
-        executor.spin()
+        spin_yielding(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # Ctrl-C / shutdown: stop cleanly below
     finally:

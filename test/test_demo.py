@@ -77,10 +77,11 @@ def test_the_prompt_is_applied_on_its_frame_and_scored(demo) -> None:
     assert e["object_id"] == p["object_id"]
     assert e["frames_after_prompt"] == 40
     assert e["frames_before_prompt"] == []  # the prompt applied on its own frame
-    # Most sweeps processed. Alone, the default rate lets the CPU node step every sweep (0 of 40
-    # dropped); inside the test suite on 2 cores 8-12 of 40 drop (newest wins, by design), and
-    # dropped frames are listed and left out of the IoU.
-    assert e["frames_evaluated"] >= 20, e["frames_no_output"]
+    # At the default rate the CPU node steps every sweep (0 of 40 dropped, in the suite too); a
+    # few drops are allowed for a loaded machine (newest wins, by design: dropped frames are
+    # listed and left out of the IoU). 4-17 of 40 dropped when rclpy's executor loop starved the
+    # worker of the GIL (node.spin_yielding).
+    assert e["frames_evaluated"] >= 32, e["frames_no_output"]
     assert e["mean_image_iou"] is not None and e["mean_lidar_iou"] is not None
     listed = {o["object_id"]: o for o in rep["objects"]}
     assert listed[p["object_id"]]["frames_tracked"] == e["frames_tracked"]

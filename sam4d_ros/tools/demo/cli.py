@@ -37,10 +37,9 @@ __all__ = ["DEFAULT_BAG", "DEFAULT_OUT", "DEFAULT_RATE", "DEFAULT_THREADS", "bui
 _REPO = Path(__file__).resolve().parents[3]
 DEFAULT_BAG = _REPO / "test" / "data" / "synthetic_drive"
 DEFAULT_OUT = Path(".build") / "demo"
-# A sweep per second of wall time. The bundled model steps a sweep of the bundled recording (two
-# cameras) in about 0.3 s on a free core; measured on the 2-core development machine with other
-# jobs on the cores: p50 0.6-0.75 s, p90 0.9-1.25 s (0.25 dropped 40 % of the sweeps, 0.1 none
-# or one).
+# A sweep every 2 s of wall time. The bundled model steps a sweep of the bundled recording (two
+# cameras) in about 0.3 s on a free core (at this rate: p50 314 ms, max 444 ms, 0 of 40 dropped);
+# the margin is for other jobs on the cores (measured with them: p50 0.6-0.75 s, p90 0.9-1.25 s).
 DEFAULT_RATE = 0.05
 DEFAULT_THREADS = 1
 
