@@ -305,3 +305,17 @@ def test_sigterm_to_the_process_group_stops_and_saves(tmp_path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, text
     assert "stopped at step" in text and (out / "checkpoints" / "last.pt").is_file(), text
+
+
+def test_every_named_config_loads() -> None:
+    """The shipped recipes parse into valid configs (a typo in a YAML fails here, not hours into
+    a run); the continuation stages start from the previous stage's weights."""
+    from training.config import named_configs
+
+    names = named_configs()
+    assert {"sam4d_small_synthetic", "tiny_test"} <= set(names)
+    for name in names:
+        load_train_config(name)
+    for k in (2, 3, 4):
+        cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
+        assert cfg.init_checkpoint and cfg.model == "sam4d_small", name
