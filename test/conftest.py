@@ -68,13 +68,9 @@ class RosProcess:
 
     def stop(self, timeout_s: float = 10.0) -> str:
         """Interrupt the process (as Ctrl-C would), wait for it and return its output."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(subprocess.signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from sam4d_ros.tools.processes import interrupt
+
+        interrupt(self.proc, timeout_s)
         if self.proc.stdout is None or self.proc.stdout.closed:  # already read by wait()
             return ""
         return self.proc.stdout.read()

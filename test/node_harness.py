@@ -27,6 +27,7 @@ import yaml
 
 from conftest import REPO_ROOT, ROS_PROCESSES, RosProcess
 from sam4d_ros.parameters import write_params_file
+from sam4d_ros.tools.processes import interrupt
 
 BAG = REPO_ROOT / "test" / "data" / "synthetic_drive"
 CONFIG_YAML = REPO_ROOT / "config" / "sam4d.yaml"
@@ -86,16 +87,7 @@ class NodeProcess(RosProcess):
 
     def stop(self, timeout_s: float = 10.0) -> str:
         """SIGINT (as Ctrl-C), wait, return everything the node printed."""
-        import signal
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        interrupt(self.proc, timeout_s)
         self._reader.join(5.0)
         return self.output
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 from sam4d_ros.tools.demo.bag_info import STAMP_MATCH_NS, BagInfo
 from sam4d_ros.tools.demo.errors import DemoError
 from sam4d_ros.tools.demo.prompts import ScheduledPrompt
+from sam4d_ros.tools.processes import interrupt
 
 __all__ = [
     "NODE",
@@ -89,15 +89,9 @@ class NodeProcess:
 
     def stop(self, timeout_s: float = 20.0) -> int:
         """SIGINT (as Ctrl-C), wait, kill if it does not stop; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = interrupt(self.proc, timeout_s)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
 
 
 class DemoSession:
