@@ -316,6 +316,49 @@ def test_every_named_config_loads() -> None:
     assert {"sam4d_small_synthetic", "tiny_test"} <= set(names)
     for name in names:
         load_train_config(name)
-    for k in (2, 3, 4):
+    stage1 = load_train_config("sam4d_small_synthetic")
+    for k in (2, 3, 4, 5, 6):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
-        assert cfg.init_checkpoint and cfg.model == "sam4d_small", name
+        assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
+        # Inherited from stage 1 through ``base:`` (the stages list only what they change).
+        assert cfg.data.sources == stage1.data.sources and cfg.loss == stage1.loss, k
+
+
+def test_a_config_lists_only_what_it_changes_from_its_base(tmp_path: Path) -> None:
+    """``base:`` merges mappings key by key and replaces lists and scalars; a named base, a
+    relative file base, chains, cycles and typos behave."""
+    from training.config import merge_config_data
+
+    assert merge_config_data(
+        {"a": 1, "m": {"x": 1, "y": [1, 2]}, "l": [1]}, {"m": {"y": [3]}, "l": [], "b": 2}
+    ) == {"a": 1, "m": {"x": 1, "y": [3]}, "l": [], "b": 2}
+
+    (tmp_path / "parent.yaml").write_text(
+        "base: tiny_test\nsteps: 7\noptim:\n  lr: 2.0e-3\n"
+        "data:\n  sources:\n    - kind: synthetic\n      preset: tiny\n      seeds: [5, 6]\n"
+    )
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "child.yaml").write_text("base: ../parent.yaml\noptim:\n  warmup_steps: 3\n")
+    tiny = load_train_config("tiny_test")
+    child = load_train_config(sub / "child.yaml")
+    assert (child.steps, child.optim.lr, child.optim.warmup_steps) == (7, 2.0e-3, 3)
+    # Untouched keys of a merged mapping come from the base; a list is replaced whole.
+    assert child.optim.weight_decay == tiny.optim.weight_decay
+    assert child.data.clip_length == tiny.data.clip_length
+    assert [(s.kind, s.seeds) for s in child.data.sources] == [("synthetic", (5, 6))]
+    assert child.model == tiny.model and child.loss == tiny.loss
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle: a.yaml -> b.yaml -> a.yaml"):
+        load_train_config(tmp_path / "a.yaml")
+    (tmp_path / "missing.yaml").write_text("base: no_such_config\n")
+    with pytest.raises(FileNotFoundError, match="no_such_config"):
+        load_train_config(tmp_path / "missing.yaml")
+    (tmp_path / "typo.yaml").write_text("base: tiny_test\noptim:\n  lrr: 1.0\n")
+    with pytest.raises(ValueError, match="lrr"):
+        load_train_config(tmp_path / "typo.yaml")
+    (tmp_path / "bad.yaml").write_text("base: [tiny_test]\n")
+    with pytest.raises(ValueError, match="config name or a YAML path"):
+        load_train_config(tmp_path / "bad.yaml")

@@ -2,9 +2,11 @@
 
 A run is fully described by one :class:`TrainConfig` (data, augmentation, prompt simulation,
 losses, optimisation, validation, logging). Configs are written as YAML; every field has a
-default, so a YAML file only lists what differs. Named configs are the YAML files of
-``training/configs/`` (``--config sam4d_small_synthetic`` or ``--config path/to/file.yaml``);
-``--set data.clip_length=4`` style overrides are applied on top (:func:`apply_overrides`).
+default, so a YAML file only lists what differs: from the defaults or, with ``base: <config>``,
+from another config (the continuation stages of one recipe list only what they change). Named
+configs are the YAML files of ``training/configs/`` (``--config sam4d_small_synthetic`` or
+``--config path/to/file.yaml``); ``--set data.clip_length=4`` style overrides are applied on
+top (:func:`apply_overrides`).
 
 Defaults follow the official recipe where it is known (DESIGN.md, "Training recipe"; SAM2's
 training config for what SAM4D takes from it): <= 6 objects per sample, clicks or a box (50/50)
@@ -29,6 +31,8 @@ import yaml
 from sam4d_core.evaluation.streaming_eval import DEFAULT_SEMANTIC_BLACKLIST
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+BASE_KEY = "base"
+"""The key of a config file that names the config it changes (:func:`read_config_data`)."""
 
 
 @dataclass
@@ -363,21 +367,64 @@ def named_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def load_train_config(name_or_path: str | Path) -> TrainConfig:
-    """A named config (``training/configs/<name>.yaml``) or a YAML file."""
+def _config_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A YAML file (relative to ``relative_to`` when given, else to the working directory) or a
+    named config."""
     path = Path(name_or_path)
-    if not path.is_file():
-        candidate = CONFIG_DIR / f"{name_or_path}.yaml"
-        if not candidate.is_file():
-            raise FileNotFoundError(
-                f"no training config {str(name_or_path)!r} (a YAML file, or one of "
-                f"{named_configs()})"
-            )
-        path = candidate
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise FileNotFoundError(
+        f"no training config {str(name_or_path)!r} (a YAML file, or one of {named_configs()})"
+    )
+
+
+def merge_config_data(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` laid over ``base`` (nested dicts from YAML): mappings merge key by key, any
+    other value (a list included, e.g. ``data.sources``) replaces the base's."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config_data(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_data(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's settings with its ``base:`` chain resolved (a plain nested dict).
+
+    ``base: <name>`` (a named config) or ``base: <file>.yaml`` (relative to this file) makes the
+    file list only what it changes from that config (:func:`merge_config_data`).
+    """
+    path = path.resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise ValueError(f"training config base cycle: {cycle}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a training config is a YAML mapping")
-    return from_dict(TrainConfig, data)
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: {BASE_KEY!r} is a config name or a YAML path, got {base!r}")
+    try:
+        base_path = _config_path(base, relative_to=path.parent)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: base {base!r}: {e}") from None
+    return merge_config_data(read_config_data(base_path, (*_chain, path)), data)
+
+
+def load_train_config(name_or_path: str | Path) -> TrainConfig:
+    """A named config (``training/configs/<name>.yaml``) or a YAML file, with its ``base:``
+    chain resolved (:func:`read_config_data`)."""
+    path = _config_path(name_or_path)
+    return from_dict(TrainConfig, read_config_data(path))
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -416,6 +463,7 @@ def dump_yaml(cfg: TrainConfig) -> str:
 
 
 __all__ = [
+    "BASE_KEY",
     "CONFIG_DIR",
     "DEFAULT_SEMANTIC_BLACKLIST",
     "AugmentConfig",
@@ -432,6 +480,8 @@ __all__ = [
     "dump_yaml",
     "from_dict",
     "load_train_config",
+    "merge_config_data",
     "named_configs",
+    "read_config_data",
     "to_dict",
 ]
