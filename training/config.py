@@ -345,6 +345,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if tp is str and isinstance(value, bool):
+        # YAML 1.1 (PyYAML) reads on/off/yes/no as booleans: ``amp: off`` means the string.
+        return "on" if value else "off"
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

@@ -386,8 +386,9 @@ class Trainer:
             lambda s: lr_factor(s, cfg.steps, oc.warmup_steps, oc.schedule, oc.min_lr_ratio),
         )
         self.amp_dtype = resolve_amp(oc.amp, self.device)
+        # fp16 needs loss scaling on any device (its gradients underflow); bf16 does not.
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
+            self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.step = 0
         self.dataset = build_dataset(cfg.data.sources, cfg.data, cfg.seed)
