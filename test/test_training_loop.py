@@ -171,6 +171,39 @@ def test_validation_metrics(tiny_dataset) -> None:
     for k in ("image_miou", "lidar_miou"):
         assert 0.0 <= m[k] <= 1.0
     assert any(k.endswith("_img_prompt") for k in m) or any(k.endswith("_lidar_prompt") for k in m)
+    assert 0.0 <= m["image_miou_tracked"] <= 1.0  # 2-frame clips: frame 1 on its own too
+
+
+def test_tracked_frames_are_scored_apart_from_the_prompted_one(tiny_dataset) -> None:
+    """Right on the prompted frame, nothing on the next: 0.5 over the clip, 0 tracked."""
+    from training.clip_forward import FramePrediction
+    from training.validation import clip_object_ious
+
+    sample = tiny_dataset.sample(0)
+    t0, t1 = sample.targets[:2]
+    right = FramePrediction(
+        [None if m is None else m.copy() for m in t0.camera_masks], t0.point_masks
+    )
+    empty = FramePrediction(
+        [None if m is None else np.zeros_like(m) for m in t1.camera_masks],
+        np.zeros_like(t1.point_masks),
+    )
+    both = clip_object_ious(sample, [right, empty])
+    tracked = clip_object_ious(sample, [right, empty], first_frame=1)
+    checked = 0
+    for b in range(sample.num_objects):
+        for k in (0, 1):  # image, LiDAR
+            if frame_has(t0, b, k) and frame_has(t1, b, k):
+                assert both[b][k] == pytest.approx(0.5) and tracked[b][k] == 0.0, (b, k)
+                checked += 1
+    assert checked >= 2
+
+
+def frame_has(tg, b: int, k: int) -> bool:
+    """Object ``b`` has ground truth in view ``k`` (0: some camera, 1: the LiDAR)."""
+    if k == 0:
+        return any(m is not None and m[b].any() for m in tg.camera_masks)
+    return tg.point_masks is not None and bool((tg.point_masks[b] & tg.point_valid).any())
 
 
 def test_lr_schedule() -> None:
@@ -334,7 +367,7 @@ def test_every_named_config_loads() -> None:
     for name in names:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
-    for k in (2, 3, 4, 5, 6):
+    for k in (2, 3, 4, 5, 6, 7):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).

@@ -48,13 +48,15 @@ def frame_ious(
 
 
 def clip_object_ious(
-    sample: ClipSample, preds: list[FramePrediction]
+    sample: ClipSample, preds: list[FramePrediction], first_frame: int = 0
 ) -> list[tuple[float | None, float | None]]:
-    """Per object (mean image IoU, mean LiDAR IoU) over the clip's frames (None: no frame)."""
+    """Per object (mean image IoU, mean LiDAR IoU) over the clip's frames from ``first_frame``
+    on (None: no frame)."""
     out = []
+    pairs = list(zip(preds, sample.targets, strict=True))[first_frame:]
     for b in range(sample.num_objects):
         imgs, lids = [], []
-        for pred, tg in zip(preds, sample.targets, strict=True):
+        for pred, tg in pairs:
             i, j = frame_ious(pred, tg, b)
             if i is not None:
                 imgs.append(i)
@@ -75,7 +77,9 @@ def validate(
     Returns:
         ``image_miou``, ``lidar_miou`` (all prompts), ``{image,lidar}_miou_{img,lidar}_prompt``
         (by prompt modality: e.g. ``lidar_miou_img_prompt`` is the cross-modal 2D -> 3D case),
-        ``objects``.
+        ``objects``; for clips of more than one frame the same over the frames after the
+        prompted one, ``{image,lidar}_miou_tracked[_{img,lidar}_prompt]`` (what memory alone
+        propagates).
     """
     cfg = PromptConfig(
         prob_mask=0.0, click_mode="center", num_correction_frames=0, correction_clicks=0
@@ -103,17 +107,19 @@ def validate(
                 ]
                 plan = ClipPlan(initial, [], {})
                 res = run_clip(model, sample, plan, cfg, None, rng, record=True)
-                for st, (img, lid) in zip(
-                    initial, clip_object_ious(sample, res.predictions), strict=True
-                ):
+                scores = [("", clip_object_ious(sample, res.predictions))]
+                if sample.num_frames > 1:
+                    scores.append(("_tracked", clip_object_ious(sample, res.predictions, 1)))
+                for b, st in enumerate(initial):
                     if st.view is None:
                         continue
                     n_obj += 1
                     src = "lidar" if st.view == LIDAR else "img"
-                    for name, v in (("image", img), ("lidar", lid)):
-                        if v is not None:
-                            rows.setdefault(f"{name}_miou", []).append(v)
-                            rows.setdefault(f"{name}_miou_{src}_prompt", []).append(v)
+                    for suffix, ious in scores:
+                        for name, v in zip(("image", "lidar"), ious[b], strict=True):
+                            if v is not None:
+                                rows.setdefault(f"{name}_miou{suffix}", []).append(v)
+                                rows.setdefault(f"{name}_miou{suffix}_{src}_prompt", []).append(v)
     finally:
         model.train(was_training)
     out = {k: float(np.mean(v)) for k, v in sorted(rows.items())}
