@@ -7,7 +7,9 @@ Per object and modality, the IoU of each frame where the ground truth or the pre
 non-empty is averaged over frames (frames where both are empty are skipped; the image IoU of a
 frame pools the pixels of all cameras with ground truth; the LiDAR IoU excludes ignored points);
 mIoU is the mean over objects. Reported overall and by prompt modality (same-modality and
-cross-modal cases). This is a monitoring signal; the paper-style evaluation is separate.
+cross-modal cases), over all frames and over the tracked frames alone (after the prompted one: a
+20-frame mean hides whether anything propagates). This is a monitoring signal; the paper-style
+evaluation is separate.
 """
 
 from __future__ import annotations
