@@ -161,6 +161,27 @@ def test_clips_are_deterministic_and_objects_appear_first(seq) -> None:
         ClipDataset([InMemorySource([seq])], bad, seed=5, max_tries=3).sample(0)
 
 
+def test_stride_zero_repeats_the_first_frame(seq) -> None:
+    """A static clip: every frame is the first one (points, images and targets; augmentation
+    off, as point dropout is drawn per frame)."""
+    cfg = DataConfig(
+        sources=[], clip_length=3, frame_stride=(0, 0), max_objects=3, image_size=(96, 64)
+    )
+    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, enabled=False))
+    clip = ClipDataset([InMemorySource([seq])], cfg, seed=5).sample(2)
+    assert clip.name.endswith("/0")
+    for f, tg in zip(clip.frames[1:], clip.targets[1:], strict=True):
+        np.testing.assert_array_equal(f.points, clip.frames[0].points)
+        for cam in f.cameras:
+            np.testing.assert_array_equal(f.cameras[cam].image, clip.frames[0].cameras[cam].image)
+        np.testing.assert_array_equal(tg.point_masks, clip.targets[0].point_masks)
+        for a, b in zip(tg.camera_masks, clip.targets[0].camera_masks, strict=True):
+            np.testing.assert_array_equal(a, b)
+    moving = dataclasses.replace(cfg, frame_stride=(1, 1))
+    clip = ClipDataset([InMemorySource([seq])], moving, seed=5).sample(2)
+    assert not np.array_equal(clip.frames[1].points, clip.frames[0].points)
+
+
 def test_sources_waymo4dseg_and_synthetic(seq, tmp_path) -> None:
     write_waymo4dseg(seq, tmp_path, image_format="png")
     src = build_source(SourceConfig(kind="waymo4dseg", path=str(tmp_path)))

@@ -367,7 +367,7 @@ def test_every_named_config_loads() -> None:
     for name in names:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
-    for k in (2, 3, 4, 5, 6, 7):
+    for k in range(2, 9):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).

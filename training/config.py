@@ -93,7 +93,9 @@ class DataConfig:
     Attributes:
         sources: where sequences come from.
         clip_length: frames per clip (T).
-        frame_stride: ``(min, max)`` temporal stride between clip frames.
+        frame_stride: ``(min, max)`` temporal stride between clip frames; a stride of 0
+            repeats the first frame (a static clip: propagation through memory without motion,
+            the easiest case of it).
         max_objects: objects per clip (official: 6).
         min_score, min_volume: label filters (objects below are never targets; a missing volume
             passes).

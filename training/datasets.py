@@ -595,7 +595,8 @@ class ClipDataset:
         lo, hi = cfg.frame_stride
         max_stride = (win.length - 1 - win.start) // max(t - 1, 1) if t > 1 else 1
         stride = int(rng.integers(lo, max(lo, min(hi, max_stride)) + 1)) if t > 1 else 1
-        stride = max(1, min(stride, max(1, max_stride)))
+        # Stride 0 (allowed only when asked for) repeats the first frame: a static clip.
+        stride = max(0 if lo == 0 else 1, min(stride, max(1, max_stride)))
         indices = [win.start + k * stride for k in range(t)]
         src = self.sources[win.source]
         frames = src.load_frames(win.sequence, indices)
