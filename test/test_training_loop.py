@@ -367,11 +367,14 @@ def test_every_named_config_loads() -> None:
     for name in names:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
-    for k in range(2, 9):
+    for k in range(2, 10):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).
-        assert cfg.data.sources == stage1.data.sources and cfg.loss == stage1.loss, k
+        assert cfg.data.sources == stage1.data.sources, k
+        # Only stage 9 changes a loss weight (focal 20 -> 2), through stage 8 as its base.
+        loss = dataclasses.replace(cfg.loss, focal=stage1.loss.focal) if k == 9 else cfg.loss
+        assert loss == stage1.loss and (cfg.loss.focal == 2.0) == (k == 9), k
 
 
 def test_a_config_lists_only_what_it_changes_from_its_base(tmp_path: Path) -> None:
