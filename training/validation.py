@@ -49,23 +49,33 @@ def frame_ious(
     return img, lid
 
 
+def object_frame_ious(
+    sample: ClipSample, preds: list[FramePrediction]
+) -> list[list[tuple[float | None, float | None]]]:
+    """Per object, per frame (image IoU, LiDAR IoU) (:func:`frame_ious`)."""
+    pairs = list(zip(preds, sample.targets, strict=True))
+    return [[frame_ious(pred, tg, b) for pred, tg in pairs] for b in range(sample.num_objects)]
+
+
+def mean_ious(
+    per_frame: list[list[tuple[float | None, float | None]]], first_frame: int = 0
+) -> list[tuple[float | None, float | None]]:
+    """Per object (mean image IoU, mean LiDAR IoU) over frames from ``first_frame`` on (None: no
+    frame with a score)."""
+    out = []
+    for frames in per_frame:
+        imgs = [i for i, _ in frames[first_frame:] if i is not None]
+        lids = [j for _, j in frames[first_frame:] if j is not None]
+        out.append((float(np.mean(imgs)) if imgs else None, float(np.mean(lids)) if lids else None))
+    return out
+
+
 def clip_object_ious(
     sample: ClipSample, preds: list[FramePrediction], first_frame: int = 0
 ) -> list[tuple[float | None, float | None]]:
     """Per object (mean image IoU, mean LiDAR IoU) over the clip's frames from ``first_frame``
     on (None: no frame)."""
-    out = []
-    pairs = list(zip(preds, sample.targets, strict=True))[first_frame:]
-    for b in range(sample.num_objects):
-        imgs, lids = [], []
-        for pred, tg in pairs:
-            i, j = frame_ious(pred, tg, b)
-            if i is not None:
-                imgs.append(i)
-            if j is not None:
-                lids.append(j)
-        out.append((float(np.mean(imgs)) if imgs else None, float(np.mean(lids)) if lids else None))
-    return out
+    return mean_ious(object_frame_ious(sample, preds), first_frame)
 
 
 def validate(
@@ -109,9 +119,10 @@ def validate(
                 ]
                 plan = ClipPlan(initial, [], {})
                 res = run_clip(model, sample, plan, cfg, None, rng, record=True)
-                scores = [("", clip_object_ious(sample, res.predictions))]
+                per_frame = object_frame_ious(sample, res.predictions)
+                scores = [("", mean_ious(per_frame))]
                 if sample.num_frames > 1:
-                    scores.append(("_tracked", clip_object_ious(sample, res.predictions, 1)))
+                    scores.append(("_tracked", mean_ious(per_frame, 1)))
                 for b, st in enumerate(initial):
                     if st.view is None:
                         continue
@@ -129,4 +140,4 @@ def validate(
     return out
 
 
-__all__ = ["clip_object_ious", "frame_ious", "validate"]
+__all__ = ["clip_object_ious", "frame_ious", "mean_ious", "object_frame_ious", "validate"]
