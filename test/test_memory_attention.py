@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +17,9 @@ from sam4d_core.modeling.memory_attention import (
     pack_memories,
     register_memory_parameters,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training.memory_locality import first_layer_self_mass  # noqa: E402
 
 D = 32
 
@@ -221,3 +227,59 @@ def test_exports_to_onnx_with_dynamic_objects_and_tokens(tmp_path) -> None:
         ref = model(*test[:6], memory_valid=test[6])
     for g, r in zip(got, ref, strict=True):
         torch.testing.assert_close(torch.from_numpy(g), r, rtol=1e-4, atol=1e-4)
+
+
+def test_pos_scale_scales_every_encoding() -> None:
+    base = tiny()
+    scaled = MemoryAttention(
+        d_model=D, num_layers=2, dim_feedforward=64, dropout=0.0, pos_scale=0.25
+    ).eval()
+    scaled.load_state_dict(base.state_dict())
+    img, img_pos, pts, pts_pos = frame()
+    memory, memory_pos = torch.randn(2, 6, D), torch.randn(2, 6, D)
+    a = scaled(img, img_pos, pts, pts_pos, memory, memory_pos)
+    b = base(img, 0.25 * img_pos, pts, 0.25 * pts_pos, memory, 0.25 * memory_pos)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y)
+    with pytest.raises(ValueError, match="pos_scale"):
+        MemoryAttention(d_model=D, pos_scale=0.0)
+
+
+def test_tied_initialisation_attends_to_the_same_place() -> None:
+    """The point of ``tie_qk_init``: a fresh module reads the memory where the query is. Tokens
+    on a 12 x 12 grid with large sine encodings (like UMPE's, ~15x the token norm)."""
+    torch.manual_seed(0)
+    n, d = 144, 64
+    ij = torch.stack(torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij"), -1)
+    freqs = torch.logspace(0, -2, d // 4)
+    ang = ij.reshape(n, 2, 1) * freqs
+    pos = torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(1, n, d) * 15.0
+    tokens = torch.randn(1, n, d)
+    masses = {}
+    for tie in (False, True):
+        torch.manual_seed(1)
+        m = MemoryAttention(
+            d_model=d,
+            num_layers=1,
+            dim_feedforward=64,
+            dropout=0.0,
+            cross_modal=False,
+            pos_scale=0.1,
+            pos_enc_at_cross_attn_queries=True,
+            tie_qk_init=tie,
+        ).eval()
+        with torch.no_grad():
+            # The memory is the current frame itself (a static scene): key i is query i's place.
+            masses[tie], uniform = first_layer_self_mass(m, tokens, pos, tokens, pos, 0)
+    assert masses[True] > 10 * uniform and masses[True] > 5 * masses[False], masses
+
+    # reset_parameters draws every layer anew and ties again.
+    m = MemoryAttention(d_model=D, num_layers=2, dim_feedforward=64, tie_qk_init=True)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.reset_parameters()
+    assert not torch.equal(before["layers.0.linear1.weight"], m.layers[0].linear1.weight)
+    assert not torch.equal(m.layers[0].linear1.weight, m.layers[1].linear1.weight)
+    for layer in m.layers:
+        attn = layer.cross_attn_image
+        assert torch.equal(attn.k_proj.weight, attn.q_proj.weight)
+        assert torch.equal(attn.k_proj.bias, attn.q_proj.bias)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam4d_core.checkpoint import load_state_dict_strict, read_checkpoint
+from sam4d_core.checkpoint import load_state_dict_strict, read_checkpoint, save_checkpoint
 from sam4d_core.data.synthetic import generate_sequence, make_config
 from sam4d_core.modeling.configs import get_config
 from sam4d_core.modeling.sam4d_base import SAM4D
@@ -34,7 +34,7 @@ from training.datasets import ClipDataset, InMemorySource  # noqa: E402
 from training.export_weights import export_weights  # noqa: E402
 from training.logger import read_scalars  # noqa: E402
 from training.prompt_simulation import plan_clip  # noqa: E402
-from training.train import Trainer, lr_factor  # noqa: E402
+from training.train import Trainer, build_model, lr_factor, model_config  # noqa: E402
 from training.validation import validate  # noqa: E402
 
 
@@ -367,14 +367,65 @@ def test_every_named_config_loads() -> None:
     for name in names:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
-    for k in range(2, 10):
+    for k in range(2, 11):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).
         assert cfg.data.sources == stage1.data.sources, k
-        # Only stage 9 changes a loss weight (focal 20 -> 2), through stage 8 as its base.
-        loss = dataclasses.replace(cfg.loss, focal=stage1.loss.focal) if k == 9 else cfg.loss
-        assert loss == stage1.loss and (cfg.loss.focal == 2.0) == (k == 9), k
+        # Only stage 9 changes a loss weight (focal 20 -> 2), through stage 8 as its base;
+        # stage 10 inherits it.
+        low_focal = k in (9, 10)
+        loss = dataclasses.replace(cfg.loss, focal=stage1.loss.focal) if low_focal else cfg.loss
+        assert loss == stage1.loss and (cfg.loss.focal == 2.0) == low_focal, k
+        # Only stage 10 changes the model: MCMA drawn anew in its positional form.
+        assert bool(cfg.model_overrides) == bool(cfg.reinit) == (k == 10), k
+    stage10 = model_config(load_train_config("sam4d_small_synthetic_stage10"))
+    mac = stage10.memory_attention
+    assert (mac.pos_scale, mac.pos_enc_at_cross_attn_queries, mac.tie_qk_init) == (0.3, True, True)
+    assert stage10.d_model == get_config("sam4d_small").d_model
+
+
+def test_model_overrides_and_reinit(tmp_path: Path) -> None:
+    """``model_overrides`` change the built model and travel in its checkpoints; ``reinit`` draws
+    the named component anew after the init checkpoint is loaded and keeps everything else."""
+    torch.manual_seed(0)
+    start = SAM4D(get_config("sam4d_tiny"))
+    save_checkpoint(start, tmp_path / "start.pt")
+    over = "{memory_attention: {pos_scale: 0.5, tie_qk_init: true}}"
+    cfg = apply_overrides(
+        _tiny_cfg(steps=1, ckpt_every=1),
+        [f"init_checkpoint={tmp_path / 'start.pt'}", f"model_overrides={over}"],
+    )
+    kept = build_model(cfg, torch.device("cpu"))
+    assert kept.config.memory_attention.pos_scale == 0.5
+    assert kept.memory_attention.pos_scale == 0.5
+    # Without reinit the loaded weights win over the tied initialisation.
+    ref = start.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in kept.state_dict().items())
+
+    cfg = apply_overrides(cfg, ["reinit=[memory_attention]"])
+    model = build_model(cfg, torch.device("cpu"))
+    prefix = "pure_model.fusion.memory_attention."
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, ref[k])}
+    assert changed and all(k.startswith(prefix) for k in changed)
+    assert any(k.endswith("k_proj.weight") for k in changed)
+    for layer in model.memory_attention.layers:
+        attn = layer.cross_attn_image
+        assert torch.equal(attn.k_proj.weight, attn.q_proj.weight)
+
+    Trainer(cfg, tmp_path / "run", "cpu", quiet=True).fit()
+    final = read_checkpoint(tmp_path / "run" / "model_final.pt")
+    assert final.config.memory_attention.pos_scale == 0.5
+    assert final.config.memory_attention.tie_qk_init
+    assert SAM4D(final.config).memory_attention.pos_scale == 0.5
+
+    with pytest.raises(ValueError, match="unknown components"):
+        build_model(apply_overrides(cfg, ["reinit=[image_encoder]"]), torch.device("cpu"))
+    with pytest.raises(ValueError, match="pos_scal"):
+        build_model(
+            apply_overrides(cfg, ["model_overrides={memory_attention: {pos_scal: 1}}"]),
+            torch.device("cpu"),
+        )
 
 
 def test_a_config_lists_only_what_it_changes_from_its_base(tmp_path: Path) -> None:

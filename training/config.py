@@ -251,7 +251,13 @@ class TrainConfig:
 
     Attributes:
         model: SAM4D config name (``sam4d_small``) or a JSON config file.
+        model_overrides: changes to that model config, nested like it (e.g. ``{memory_attention:
+            {pos_scale: 0.3}}``); mappings merge key by key. The resulting config is what the
+            run's checkpoints hold, so exported weights rebuild the same model.
         init_checkpoint: start from these weights (our format or official), or None.
+        reinit: components drawn anew after ``init_checkpoint`` is loaded (see
+            ``training.train.REINIT_COMPONENTS``), e.g. ``[memory_attention]`` to retrain MCMA
+            on top of trained encoders and decoders.
         seed: everything random derives from it (data order, augmentation, prompts, init).
         steps: optimizer steps.
         batch_size: clips per step and rank (each clip is one SAM2-style video sample).
@@ -264,7 +270,9 @@ class TrainConfig:
     """
 
     model: str = "sam4d_small"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None
+    reinit: list[str] = field(default_factory=list)
     seed: int = 0
     steps: int = 10000
     batch_size: int = 1

@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,12 @@ from sam4d_core.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from sam4d_core.modeling.configs import load_config
+from sam4d_core.modeling.configs import (
+    SAM4DConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
 from sam4d_core.modeling.sam4d_base import SAM4D
 
 from .clip_forward import run_clip
@@ -66,6 +71,7 @@ from .config import (
     config_differences,
     dump_yaml,
     load_train_config,
+    merge_config_data,
     named_configs,
     to_dict,
 )
@@ -115,16 +121,37 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
 # Model, optimizer, schedule, AMP.
 
 
+REINIT_COMPONENTS: dict[str, Callable[[SAM4D], None]] = {
+    "memory_attention": lambda m: m.memory_attention.reset_parameters(),
+}
+"""Components ``TrainConfig.reinit`` can draw anew, and how."""
+
+
+def model_config(cfg: TrainConfig) -> SAM4DConfig:
+    """``cfg.model`` with ``cfg.model_overrides`` laid over it (unknown keys are errors)."""
+    base = load_config(cfg.model)
+    if not cfg.model_overrides:
+        return base
+    data = merge_config_data(config_to_dict(base), cfg.model_overrides)
+    return config_from_dict(data)
+
+
 def build_model(cfg: TrainConfig, device: torch.device) -> SAM4D:
-    """The model of ``cfg.model`` (a config name or JSON file), optionally initialised from
-    ``cfg.init_checkpoint`` (ours, or the official one for the official config)."""
-    model = SAM4D(load_config(cfg.model))
+    """The model of :func:`model_config`, optionally initialised from ``cfg.init_checkpoint``
+    (ours, or the official one for the official config), then ``cfg.reinit`` drawn anew."""
+    unknown = [name for name in cfg.reinit if name not in REINIT_COMPONENTS]
+    if unknown:
+        known = sorted(REINIT_COMPONENTS)
+        raise ValueError(f"reinit: unknown components {unknown}; known: {known}")
+    model = SAM4D(model_config(cfg))
     if cfg.init_checkpoint:
         ckpt = read_checkpoint(cfg.init_checkpoint)
         if ckpt.is_official_format:
             load_official_checkpoint(model, cfg.init_checkpoint)
         else:
             load_state_dict_strict(model, ckpt.state_dict, str(ckpt.path))
+    for name in cfg.reinit:
+        REINIT_COMPONENTS[name](model)
     if cfg.dropout is not None:
         set_dropout(model.memory_attention, cfg.dropout)
     return model.to(device).train()

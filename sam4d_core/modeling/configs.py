@@ -61,12 +61,22 @@ class UMPEConfig:
 
 @dataclass
 class MemoryAttentionConfig:
-    """MCMA sizes (:class:`~sam4d_core.modeling.memory_attention.MemoryAttention`)."""
+    """MCMA sizes and options (:class:`~sam4d_core.modeling.memory_attention.MemoryAttention`).
+
+    The options default to the released SAM4D; see that class for what they do:
+    ``pos_enc_at_cross_attn_queries`` (also add the query tokens' encodings to the
+    cross-attention queries; SAM4D adds ``0.1 * pos`` once at the input only), ``pos_scale``
+    (multiplier of every encoding entering MCMA) and ``tie_qk_init`` (cross-attention keys
+    initialised as a copy of the queries' projection).
+    """
 
     num_layers: int = 4
     dim_feedforward: int = 2048
     num_heads: int = 1
     dropout: float = 0.1
+    pos_enc_at_cross_attn_queries: bool = False
+    pos_scale: float = 1.0
+    tie_qk_init: bool = False
 
 
 @dataclass

@@ -29,6 +29,12 @@ projections are computed once per layer and shared by both queries (the released
 them twice); token order inside the memory is free (there is no RoPE, every token carries its own
 encoding).
 
+Options that depart from the release, off by default (``MemoryAttentionConfig``): ``pos_scale``,
+``pos_enc_at_cross_attn_queries`` and ``tie_qk_init``. Together they make a freshly drawn module
+attend by position (measured by ``python -m training.memory_locality``): with UMPE's raw-metre
+encodings at ~15x the token norm and no encoding on the queries, the released form starts, and
+in our CPU training stays, attending to a few keys unrelated to the query's place.
+
 Also here: the top-level memory parameters of the official model (``maskmem_tpos_enc``,
 ``no_mem_embed``, ``no_mem_pos_enc``, ``no_obj_embed_spatial``, ``mask_downsample_img``,
 ``mask_downsample_pts``, see :func:`register_memory_parameters`), the no-memory path of a first
@@ -271,6 +277,15 @@ class MemoryAttention(nn.Module):
         cross_modal: append the other modality's current tokens to each query's memory (True).
         activation, pos_enc_at_attn, pos_enc_at_cross_attn_queries, pos_enc_at_cross_attn_keys:
             see :class:`MemoryAttentionLayer`.
+        pos_scale: every encoding entering the module (queries, memory, the other modality's
+            tokens) is multiplied by this (SAM4D: 1). UMPE encodings are raw-metre MLP outputs,
+            ~15x the token norm in our small model, so the keys are almost pure position and
+            the softmax saturates from the first step.
+        tie_qk_init: initialise each cross-attention's key projection as a copy of its query
+            projection (SAM4D: independent). With equal projections, ``q . k`` of a token and
+            the memory token at the same place is a squared norm, so a fresh module already
+            attends to where an object was instead of to a few arbitrary keys. Only the
+            initialisation; the projections train independently.
 
     The current-frame tokens may have batch size 1 (one encoding of the frame shared by all
     objects) and are broadcast to the memory's batch size (the number of objects).
@@ -290,9 +305,15 @@ class MemoryAttention(nn.Module):
         pos_enc_at_attn: bool = False,
         pos_enc_at_cross_attn_queries: bool = False,
         pos_enc_at_cross_attn_keys: bool = True,
+        pos_scale: float = 1.0,
+        tie_qk_init: bool = False,
     ) -> None:
         super().__init__()
         kv_in_dim = kv_in_dim if kv_in_dim is not None else d_model
+        if not pos_scale > 0:
+            raise ValueError(f"pos_scale must be > 0, got {pos_scale}")
+        if tie_qk_init and kv_in_dim != d_model:
+            raise ValueError("tie_qk_init needs kv_in_dim == d_model (the projections are copied)")
         if cross_modal and kv_in_dim != d_model:
             raise ValueError(
                 "cross-modal fusion appends current tokens (d_model wide) to the memory, so "
@@ -316,6 +337,26 @@ class MemoryAttention(nn.Module):
         )
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
+        self.pos_scale = float(pos_scale)
+        self.tie_qk_init = tie_qk_init
+        if tie_qk_init:
+            self._tie_cross_attention_qk()
+
+    def _tie_cross_attention_qk(self) -> None:
+        with torch.no_grad():
+            for layer in self.layers:
+                attn = layer.cross_attn_image
+                attn.k_proj.weight.copy_(attn.q_proj.weight)
+                attn.k_proj.bias.copy_(attn.q_proj.bias)
+
+    def reset_parameters(self) -> None:
+        """A fresh initialisation of every layer (each drawn anew, then tied if
+        ``tie_qk_init``), e.g. to retrain MCMA on top of trained encoders."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.LayerNorm)):
+                m.reset_parameters()
+        if self.tie_qk_init:
+            self._tie_cross_attention_qk()
 
     def forward(
         self,
@@ -349,6 +390,11 @@ class MemoryAttention(nn.Module):
         """
         if image is None and points is None:
             raise ValueError("need image tokens, LiDAR tokens or both")
+        if self.pos_scale != 1.0:
+            s = self.pos_scale
+            image_pos = None if image_pos is None else image_pos * s
+            points_pos = None if points_pos is None else points_pos * s
+            memory_pos = memory_pos * s
         b = memory.shape[0]
         queries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         for tokens, pos, valid in (

@@ -613,6 +613,9 @@ class SAM4D(nn.Module):
             num_heads=mac.num_heads,
             dropout=mac.dropout,
             kv_in_dim=d,
+            pos_enc_at_cross_attn_queries=mac.pos_enc_at_cross_attn_queries,
+            pos_scale=mac.pos_scale,
+            tie_qk_init=mac.tie_qk_init,
         )
         mec = cfg.memory_encoder
         memory_encoder = nn.ModuleDict()

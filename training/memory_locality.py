@@ -1,0 +1,305 @@
+"""Does memory attention read an object's memory where the object is? A diagnostic of MCMA.
+
+    python -m training.memory_locality --help
+    python -m training.memory_locality --config sam4d_small_synthetic_stage9 \
+        --checkpoint .build/runs/sam4d_small_stage9/model_final.pt --json stage9.json
+    python -m training.memory_locality --config sam4d_small_synthetic_stage10   # its start
+
+Propagation needs MCMA to route each object's memory to the current tokens at the object's
+place: the decoder sees no prompt after the first frame, only the conditioned tokens. This tool
+measures that on the easiest case there is, a static frame that is its own memory: per held-out
+frame (the config's validation sources, else its training sources), each object's memory is
+encoded from its ground-truth mask (as a mask prompt taken as output), then the same frame is
+conditioned on it. Reported, per modality:
+
+- ``self_mass``: the first layer's cross-attention weight a current token puts on the memory
+  token of its own cell (image) / voxel (LiDAR), mean over tokens, heads and objects; ``uniform``
+  is 1 / (number of keys), what attention that ignores position gives.
+- ``memory_locality`` / ``conditioned_locality``: how much an object's tokens deviate from the
+  mean over the frame's objects inside the object (stride-16 cells / LiDAR tokens with at least
+  ``--inside`` of their pixels / points on it) relative to outside; the median over objects.
+  The memory tokens of a working memory encoder are local (> 1); conditioned tokens of ~1 mean
+  MCMA spreads the object's signal over the whole frame.
+
+Without ``--checkpoint`` the model is what the config's run starts from (``init_checkpoint``,
+``model_overrides``, ``reinit``). Prints a table; ``--json`` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam4d_core.build_sam import build_sam4d
+from sam4d_core.modeling.memory_attention import MemoryAttention
+from sam4d_core.modeling.memory_bank import select_memory_frames
+from sam4d_core.modeling.sam4d_base import SAM4D, FrameFeatures, ObjectMemoryInput, ObjectPrompts
+
+from .config import PromptConfig, TrainConfig, load_train_config
+from .datasets import ClipDataset, ClipSample, build_source
+from .prompt_simulation import initial_prompt
+from .train import build_model
+
+
+@dataclass
+class LocalityReport:
+    """Mean / median numbers over the measured frames and objects (None: modality absent)."""
+
+    frames: int
+    objects: int
+    image_self_mass: float | None
+    image_uniform: float | None
+    lidar_self_mass: float | None
+    lidar_uniform: float | None
+    image_memory_locality: float | None
+    image_conditioned_locality: float | None
+    lidar_memory_locality: float | None
+    lidar_conditioned_locality: float | None
+
+
+def deviation_locality(tokens: torch.Tensor, inside: torch.Tensor) -> list[float]:
+    """Per object: mean deviation from the objects' mean token inside / outside the object.
+
+    Args:
+        tokens: (B, N, C) per-object tokens of the same N places (B >= 2).
+        inside: (B, N) bool, the places covered by each object.
+
+    Returns:
+        one ratio per object that has places both inside and outside (others are skipped).
+    """
+    dev = (tokens - tokens.mean(dim=0, keepdim=True)).norm(dim=-1)  # (B, N)
+    out = []
+    for k in range(tokens.shape[0]):
+        m = inside[k]
+        if bool(m.any()) and bool((~m).any()):
+            outside = dev[k][~m].mean()
+            out.append(float(dev[k][m].mean() / outside.clamp_min(1e-12)))
+    return out
+
+
+def first_layer_self_mass(
+    ma: MemoryAttention,
+    queries: torch.Tensor,
+    query_pos: torch.Tensor,
+    keys: torch.Tensor,
+    key_pos: torch.Tensor,
+    offset: int,
+) -> tuple[float, float]:
+    """(self mass, uniform) of MCMA's first cross-attention for one query modality.
+
+    Follows :meth:`~sam4d_core.modeling.memory_attention.MemoryAttention.forward` up to the first
+    layer's attention weights (which the fused attention kernel does not return).
+
+    Args:
+        queries: (1, Nq, C) current tokens; query_pos: their encodings.
+        keys: (B, Nk, C) every key of the query (memory and other-modality tokens, unpadded);
+            key_pos: their encodings.
+        offset: row of the key at the same place as query 0 (query i pairs with key offset + i).
+    """
+    layer = ma.layers[0]
+    s = ma.pos_scale
+    qp = query_pos * s
+    x = queries + 0.1 * qp if ma.pos_enc_at_input else queries
+    x = layer.forward_self_attention(x, qp, None)
+    q_in = layer.norm2(x)
+    if layer.pos_enc_at_cross_attn_queries:
+        q_in = q_in + qp
+    attn = layer.cross_attn_image
+    q = attn.project_q(q_in)
+    k, _ = layer.memory_kv(keys, key_pos * s)
+    w = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)  # (B, H, Nq, Nk)
+    nq = queries.shape[1]
+    diag = torch.diagonal(w[..., offset : offset + nq], dim1=-2, dim2=-1)
+    return float(diag.mean()), 1.0 / keys.shape[1]
+
+
+def _memories_from_ground_truth(
+    model: SAM4D, sample: ClipSample, features: FrameFeatures, prompt_cfg: PromptConfig
+) -> list[ObjectMemoryInput]:
+    """Each object's memory of frame 0, made from its ground-truth mask."""
+    rng = np.random.default_rng(0)
+    prompts = [
+        initial_prompt(sample, b, prompt_cfg, rng, kind="mask").to_prompts(None, None)
+        or ObjectPrompts()
+        for b in range(sample.num_objects)
+    ]
+    out = model.track_step(features, prompts)
+    mems = model.encode_memory(features, out)
+    sel = select_memory_frames(1, [0], [], model.config.memory, training=False, num_frames=2)
+    return [ObjectMemoryInput.from_selection(sel, lambda f, m=m: m) for m in mems]
+
+
+def _token_fractions(
+    sample: ClipSample, features: FrameFeatures, model: SAM4D
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per object the fraction of each image cell (camera slot 0) and LiDAR token on it."""
+    tg = sample.targets[0]
+    img = lid = None
+    if features.image is not None and tg.camera_masks and tg.camera_masks[0] is not None:
+        m = torch.from_numpy(tg.camera_masks[0]).float()[:, None]  # (B, 1, H, W)
+        # The model resizes the camera image to its input size; the cells follow that.
+        m = F.interpolate(m, size=model.image_size, mode="bilinear", align_corners=False)
+        img = F.avg_pool2d(m, model.config.backbone_stride)[:, 0].flatten(1)  # (B, h * w)
+    if features.lidar is not None and tg.point_masks is not None:
+        lf = features.lidar
+        h = lf.hierarchy
+        ok = lf.point_to_s4 >= 0
+        tok = h.parent_s8[h.parent_s4[lf.point_to_s4[ok]]]
+        pts = torch.from_numpy(tg.point_masks).float()[:, ok.cpu().numpy()]  # (B, N)
+        count = torch.zeros(lf.num_tokens).index_add_(
+            0, tok, torch.ones_like(tok, dtype=torch.float)
+        )
+        on = torch.zeros(pts.shape[0], lf.num_tokens).index_add_(1, tok, pts)
+        lid = on / count.clamp_min(1.0)
+    return img, lid
+
+
+@torch.no_grad()
+def measure(
+    model: SAM4D, cfg: TrainConfig, num_frames: int = 8, inside: float = 0.25
+) -> LocalityReport:
+    """The diagnostic on ``num_frames`` held-out static frames (module docstring)."""
+    model.eval()
+    sources = cfg.val.sources or cfg.data.sources
+    data = dataclasses.replace(cfg.data, clip_length=1, frame_stride=(0, 0))
+    ds = ClipDataset([build_source(s) for s in sources], data, seed=cfg.seed + 1)
+    acc: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "image_self_mass",
+            "image_uniform",
+            "lidar_self_mass",
+            "lidar_uniform",
+            "image_memory_locality",
+            "image_conditioned_locality",
+            "lidar_memory_locality",
+            "lidar_conditioned_locality",
+        )
+    }
+    frames = objects = 0
+    g = 0
+    while frames < num_frames and g < 50 * num_frames:
+        sample = ds.sample(g)
+        g += 1
+        if sample.num_objects < 2:
+            continue
+        features = model.encode_frame(**sample.model_inputs(0))
+        memories = _memories_from_ground_truth(model, sample, features, cfg.prompts)
+        memory, memory_pos, _ = model.gather_memory(features.geometry, memories)
+        img_cond, pts_cond = model.condition_on_memory(features, memories)
+        img, lid = features.image, features.lidar
+        frac_img, frac_lid = _token_fractions(sample, features, model)
+        c = model.hidden_dim
+        ma = model.memory_attention
+        n_img = 0
+        cur_img = cur_img_pos = None
+        if img is not None:
+            n, _, hh, ww = img.tokens.shape
+            n_img = n * hh * ww
+            cur_img = img.tokens.flatten(2).transpose(1, 2).reshape(1, n_img, c)
+            cur_img_pos = img.pe.flatten(2).transpose(1, 2).reshape(1, n_img, c)
+        b = sample.num_objects
+        if img is not None:
+            keys, pos = memory, memory_pos
+            if lid is not None and model.memory_attention.cross_modal:
+                keys = torch.cat([keys, lid.tokens[None].expand(b, -1, -1)], dim=1)
+                pos = torch.cat([pos, lid.pe[None].expand(b, -1, -1)], dim=1)
+            sm, un = first_layer_self_mass(ma, cur_img, cur_img_pos, keys, pos, 0)
+            acc["image_self_mass"].append(sm)
+            acc["image_uniform"].append(un)
+            if frac_img is not None:
+                cells = frac_img.shape[1]
+                on = frac_img > inside
+                mem_tok = memory[:, :cells]
+                cond = img_cond[:, 0].flatten(2).transpose(1, 2)
+                acc["image_memory_locality"] += deviation_locality(mem_tok, on)
+                acc["image_conditioned_locality"] += deviation_locality(cond, on)
+        if lid is not None:
+            n16 = lid.num_tokens
+            keys, pos = memory, memory_pos
+            if cur_img is not None and model.memory_attention.cross_modal:
+                keys = torch.cat([keys, cur_img.expand(b, -1, -1)], dim=1)
+                pos = torch.cat([pos, cur_img_pos.expand(b, -1, -1)], dim=1)
+            sm, un = first_layer_self_mass(ma, lid.tokens[None], lid.pe[None], keys, pos, n_img)
+            acc["lidar_self_mass"].append(sm)
+            acc["lidar_uniform"].append(un)
+            if frac_lid is not None:
+                on = frac_lid > inside
+                acc["lidar_memory_locality"] += deviation_locality(
+                    memory[:, n_img : n_img + n16], on
+                )
+                acc["lidar_conditioned_locality"] += deviation_locality(pts_cond, on)
+        frames += 1
+        objects += b
+
+    def mean(k: str) -> float | None:
+        return float(np.mean(acc[k])) if acc[k] else None
+
+    def median(k: str) -> float | None:
+        return float(np.median(acc[k])) if acc[k] else None
+
+    return LocalityReport(
+        frames=frames,
+        objects=objects,
+        image_self_mass=mean("image_self_mass"),
+        image_uniform=mean("image_uniform"),
+        lidar_self_mass=mean("lidar_self_mass"),
+        lidar_uniform=mean("lidar_uniform"),
+        image_memory_locality=median("image_memory_locality"),
+        image_conditioned_locality=median("image_conditioned_locality"),
+        lidar_memory_locality=median("lidar_memory_locality"),
+        lidar_conditioned_locality=median("lidar_conditioned_locality"),
+    )
+
+
+def format_table(r: LocalityReport) -> str:
+    f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    g = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    rows = [
+        f"MCMA locality on {r.frames} static frames, {r.objects} objects",
+        "| modality | self mass | uniform | memory locality | conditioned locality |",
+        "|---|--:|--:|--:|--:|",
+        f"| image | {f(r.image_self_mass)} | {f(r.image_uniform)} | "
+        f"{g(r.image_memory_locality)} | {g(r.image_conditioned_locality)} |",
+        f"| LiDAR | {f(r.lidar_self_mass)} | {f(r.lidar_uniform)} | "
+        f"{g(r.lidar_memory_locality)} | {g(r.lidar_conditioned_locality)} |",
+    ]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m training.memory_locality",
+        description=__doc__.split("\n\n")[2] if __doc__ else None,
+    )
+    p.add_argument("--config", required=True, help="a training config (name or YAML)")
+    p.add_argument("--checkpoint", type=Path, help="weights to measure (default: the run's start)")
+    p.add_argument("--frames", type=int, default=8, help="static frames to measure (default 8)")
+    p.add_argument("--inside", type=float, default=0.25, help="cell / token fraction on an object")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, help="write the numbers here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_train_config(args.config)
+    torch.manual_seed(cfg.seed)
+    if args.checkpoint is not None:
+        model = build_sam4d(checkpoint=str(args.checkpoint), device="cpu")
+    else:
+        model = build_model(cfg, torch.device("cpu"))
+    report = measure(model, cfg, args.frames, args.inside)
+    print(format_table(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
