@@ -162,6 +162,27 @@ def _token_fractions(
     return img, lid
 
 
+_METRICS = tuple(f.name for f in dataclasses.fields(LocalityReport))[2:]
+
+
+def _with_other_modality(
+    ma: MemoryAttention,
+    memory: torch.Tensor,
+    memory_pos: torch.Tensor,
+    other: torch.Tensor | None,
+    other_pos: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A query's keys: the memory, then (cross-modal fusion) the other modality's (1, N, C)
+    current tokens broadcast to the B objects."""
+    if other is None or other_pos is None or not ma.cross_modal:
+        return memory, memory_pos
+    b = memory.shape[0]
+    return (
+        torch.cat([memory, other.expand(b, -1, -1)], dim=1),
+        torch.cat([memory_pos, other_pos.expand(b, -1, -1)], dim=1),
+    )
+
+
 @torch.no_grad()
 def measure(
     model: SAM4D, cfg: TrainConfig, num_frames: int = 8, inside: float = 0.25
@@ -171,19 +192,7 @@ def measure(
     sources = cfg.val.sources or cfg.data.sources
     data = dataclasses.replace(cfg.data, clip_length=1, frame_stride=(0, 0))
     ds = ClipDataset([build_source(s) for s in sources], data, seed=cfg.seed + 1)
-    acc: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "image_self_mass",
-            "image_uniform",
-            "lidar_self_mass",
-            "lidar_uniform",
-            "image_memory_locality",
-            "image_conditioned_locality",
-            "lidar_memory_locality",
-            "lidar_conditioned_locality",
-        )
-    }
+    acc: dict[str, list[float]] = {k: [] for k in _METRICS}
     frames = objects = 0
     g = 0
     while frames < num_frames and g < 50 * num_frames:
@@ -208,10 +217,8 @@ def measure(
             cur_img_pos = img.pe.flatten(2).transpose(1, 2).reshape(1, n_img, c)
         b = sample.num_objects
         if img is not None:
-            keys, pos = memory, memory_pos
-            if lid is not None and model.memory_attention.cross_modal:
-                keys = torch.cat([keys, lid.tokens[None].expand(b, -1, -1)], dim=1)
-                pos = torch.cat([pos, lid.pe[None].expand(b, -1, -1)], dim=1)
+            other = (None, None) if lid is None else (lid.tokens[None], lid.pe[None])
+            keys, pos = _with_other_modality(ma, memory, memory_pos, *other)
             sm, un = first_layer_self_mass(ma, cur_img, cur_img_pos, keys, pos, 0)
             acc["image_self_mass"].append(sm)
             acc["image_uniform"].append(un)
@@ -224,10 +231,7 @@ def measure(
                 acc["image_conditioned_locality"] += deviation_locality(cond, on)
         if lid is not None:
             n16 = lid.num_tokens
-            keys, pos = memory, memory_pos
-            if cur_img is not None and model.memory_attention.cross_modal:
-                keys = torch.cat([keys, cur_img.expand(b, -1, -1)], dim=1)
-                pos = torch.cat([pos, cur_img_pos.expand(b, -1, -1)], dim=1)
+            keys, pos = _with_other_modality(ma, memory, memory_pos, cur_img, cur_img_pos)
             sm, un = first_layer_self_mass(ma, lid.tokens[None], lid.pe[None], keys, pos, n_img)
             acc["lidar_self_mass"].append(sm)
             acc["lidar_uniform"].append(un)
@@ -240,24 +244,12 @@ def measure(
         frames += 1
         objects += b
 
-    def mean(k: str) -> float | None:
-        return float(np.mean(acc[k])) if acc[k] else None
-
-    def median(k: str) -> float | None:
-        return float(np.median(acc[k])) if acc[k] else None
-
-    return LocalityReport(
-        frames=frames,
-        objects=objects,
-        image_self_mass=mean("image_self_mass"),
-        image_uniform=mean("image_uniform"),
-        lidar_self_mass=mean("lidar_self_mass"),
-        lidar_uniform=mean("lidar_uniform"),
-        image_memory_locality=median("image_memory_locality"),
-        image_conditioned_locality=median("image_conditioned_locality"),
-        lidar_memory_locality=median("lidar_memory_locality"),
-        lidar_conditioned_locality=median("lidar_conditioned_locality"),
-    )
+    # Attention masses are averaged over frames; localities are medians over objects.
+    stats = {
+        k: None if not v else float(np.median(v) if k.endswith("locality") else np.mean(v))
+        for k, v in acc.items()
+    }
+    return LocalityReport(frames=frames, objects=objects, **stats)
 
 
 def format_table(r: LocalityReport) -> str:
