@@ -367,22 +367,33 @@ def test_every_named_config_loads() -> None:
     for name in names:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
-    for k in range(2, 11):
+    released = {"coord_scale": 1.0, "sine_scale": None, "temperature": 10000.0}
+    for k in range(2, 12):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).
         assert cfg.data.sources == stage1.data.sources, k
         # Only stage 9 changes a loss weight (focal 20 -> 2), through stage 8 as its base;
-        # stage 10 inherits it.
-        low_focal = k in (9, 10)
+        # stages 10 and 11 inherit it.
+        low_focal = k >= 9
         loss = dataclasses.replace(cfg.loss, focal=stage1.loss.focal) if low_focal else cfg.loss
         assert loss == stage1.loss and (cfg.loss.focal == 2.0) == low_focal, k
-        # Only stage 10 changes the model: MCMA drawn anew in its positional form.
-        assert bool(cfg.model_overrides) == bool(cfg.reinit) == (k == 10), k
+        # The chain up to stage 10 keeps the released encodings it was trained with (pinned in
+        # stage 1, as sam4d_small changed them); stage 11 takes sam4d_small's.
+        umpe = model_config(cfg).umpe
+        expected = get_config("sam4d_small").umpe if k == 11 else released
+        if k < 11:
+            assert {n: getattr(umpe, n) for n in released} == expected, k
+        else:
+            assert umpe == expected
+        # Stages 10 and 11 draw components anew.
+        assert bool(cfg.reinit) == (k >= 10), k
     stage10 = model_config(load_train_config("sam4d_small_synthetic_stage10"))
     mac = stage10.memory_attention
     assert (mac.pos_scale, mac.pos_enc_at_cross_attn_queries, mac.tie_qk_init) == (0.3, True, True)
     assert stage10.d_model == get_config("sam4d_small").d_model
+    stage11 = load_train_config("sam4d_small_synthetic_stage11")
+    assert stage11.reinit == ["umpe", "memory_attention"]
 
 
 def test_model_overrides_and_reinit(tmp_path: Path) -> None:

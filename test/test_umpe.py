@@ -219,3 +219,47 @@ def test_gradients_train_the_mlp_not_the_frustum() -> None:
     assert small.union_pe_layer.frustum.grad is None
     assert small.union_pe_layer.mlp_embedding[0].weight.grad is not None
     assert small.union_pe_layer.frustum.shape == (4, 6, 8, 4)
+
+
+def test_coord_scale_scales_the_metres_entering_the_mlp() -> None:
+    """``coord_scale`` s: the MLP of metres x equals the released MLP of s x (rays and points,
+    folded and reference paths alike); the RFF and the sine parts are unchanged."""
+    torch.manual_seed(3)
+    released = UMPE(num_pos_feats=32, image_size=(64, 128), num_depths=8, depth_step=8.0).eval()
+    scaled = UMPE(
+        num_pos_feats=32, image_size=(64, 128), num_depths=8, depth_step=8.0, coord_scale=0.05
+    ).eval()
+    scaled.load_state_dict(released.state_dict())
+    xyz = torch.randn(5, 3) * 20
+    rays = torch.randn(4, 8, 3) * 30
+    with torch.no_grad():
+        torch.testing.assert_close(
+            scaled.union_pe_layer.embed_points(xyz),
+            released.union_pe_layer.embed_points(0.05 * xyz),
+        )
+        torch.testing.assert_close(
+            scaled.union_pe_layer.embed_rays(rays), released.union_pe_layer.embed_rays(0.05 * rays)
+        )
+        assert not torch.allclose(scaled.point_pe(xyz), released.point_pe(xyz))
+        torch.testing.assert_close(
+            scaled.point_pe(xyz, multi_modal=False), released.point_pe(xyz, multi_modal=False)
+        )
+    with pytest.raises(ValueError, match="coord_scale"):
+        UMPE(num_pos_feats=32, coord_scale=0.0)
+
+
+def test_scaled_coordinates_keep_fresh_encodings_at_the_sine_scale() -> None:
+    """Why our configs scale the metres: a freshly drawn MLP on raw metres (rays out to ~75 m, as
+    sam4d_small's 32 bins) dwarfs the sine part, with one component common to every cell; scaled
+    by 1/20 m it does not."""
+    K, L = cameras()
+    norms = {}
+    for s in (1.0, 0.05):
+        torch.manual_seed(0)
+        u = UMPE(num_pos_feats=128, depth_step=2.4, num_depths=32, hidden_dim=256, coord_scale=s)
+        with torch.no_grad():
+            pe = u.image_pe(K[:1], L[:1])[0].flatten(1)  # (C, cells)
+            sine = u.image_sine_pe(1)[0].flatten(1)
+        norms[s] = float(pe.norm(dim=0).mean() / sine.norm(dim=0).mean())
+    assert norms[1.0] > 5.0, norms
+    assert norms[0.05] < 2.0, norms

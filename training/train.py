@@ -123,6 +123,7 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
 
 REINIT_COMPONENTS: dict[str, Callable[[SAM4D], None]] = {
     "memory_attention": lambda m: m.memory_attention.reset_parameters(),
+    "umpe": lambda m: m.union_pe_func.reset_parameters(),
 }
 """Components ``TrainConfig.reinit`` can draw anew, and how."""
 

@@ -48,6 +48,10 @@ class UMPEConfig:
         released_frequency_quirk: reproduce the released sine-PE bug (every frequency 1). Must be on
             for the official checkpoint; our own configs train without it.
         rff_scale: standard deviation of the random Fourier feature matrix.
+        coord_scale: multiplies the metres entering the ray / point MLP (1.0: raw metres, as
+            released; see :mod:`~sam4d_core.modeling.umpe` for why our configs scale them).
+        sine_scale: multiplier of normalised image positions in the 2D sine encoding (None:
+            2 pi as released, one period across the image at the highest frequency).
     """
 
     depth_start: float = 1.0
@@ -57,6 +61,8 @@ class UMPEConfig:
     temperature: float = 10000.0
     released_frequency_quirk: bool = False
     rff_scale: float = 1.0
+    coord_scale: float = 1.0
+    sine_scale: float | None = None
 
 
 @dataclass
@@ -245,7 +251,16 @@ def sam4d_small() -> SAM4DConfig:
             decoder_blocks=(1, 1),
             voxel_size=0.2,
         ),
-        umpe=UMPEConfig(depth_step=2.4, num_depths=32, hidden_dim=256),
+        # Encodings at the tokens' scale (see umpe.py): metres in units of 20 m into the ray MLP,
+        # and a 2D sine whose frequencies reach 6 periods across the image (released: 1).
+        umpe=UMPEConfig(
+            depth_step=2.4,
+            num_depths=32,
+            hidden_dim=256,
+            coord_scale=0.05,
+            sine_scale=37.7,  # ~12 pi: 6 periods across the image
+            temperature=30.0,
+        ),
         memory_attention=MemoryAttentionConfig(num_layers=2, dim_feedforward=512, num_heads=4),
         memory_encoder=MemoryEncoderConfig(point_fuser_kernel_size=3),
         head=HeadConfig(

@@ -31,7 +31,7 @@ encoding).
 
 Options that depart from the release, off by default (``MemoryAttentionConfig``): ``pos_scale``,
 ``pos_enc_at_cross_attn_queries`` and ``tie_qk_init``. Together they make a freshly drawn module
-attend by position (measured by ``python -m training.memory_locality``): with UMPE's raw-metre
+attend by position (measured by ``python -m training.attention_locality``): with UMPE's raw-metre
 encodings at ~15x the token norm and no encoding on the queries, the released form starts, and
 in our CPU training stays, attending to a few keys unrelated to the query's place.
 

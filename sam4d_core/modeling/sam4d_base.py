@@ -668,6 +668,8 @@ class SAM4D(nn.Module):
             temperature=uc.temperature,
             released_frequency_quirk=uc.released_frequency_quirk,
             rff_scale=uc.rff_scale,
+            coord_scale=uc.coord_scale,
+            sine_scale=uc.sine_scale,
         )
         register_memory_parameters(
             self,

@@ -34,10 +34,18 @@ checkpoint overwrites the frustum with its stored values. Geometry per camera: t
 ``(u d, v d, d, 1)`` (a fixed elementwise product) and then one 4 x 4 matmul with
 ``T_rel @ lidar_from_cam @ [[K^-1, 0], [0, 1]]``, batched over cameras.
 
-Normalisation: none. Ray points and LiDAR coordinates enter the MLP and the RFF as raw metres in
-the LiDAR frame, as in the released code (read from its source, not a choice of ours). The MLP
-part is added only when ``multi_modal`` is True: the released model adds it only when both
-modalities are present in the frame.
+Normalisation: released, none. Ray points and LiDAR coordinates enter the MLP and the RFF as raw
+metres in the LiDAR frame, as in the released code (read from its source, not a choice of ours).
+The MLP part is added only when ``multi_modal`` is True: the released model adds it only when
+both modalities are present in the frame. ``coord_scale`` (1.0 released) multiplies the MLP's
+input coordinates. Why it exists: on raw metres a freshly drawn MLP gives encodings ~10x the
+token norm (32 ray samples out to ~75 m), mostly one component common to every position.
+Attention on tokens plus such encodings is saturated (one key takes all the weight) and blind to
+position: measured on our small model trained that way (``python -m
+training.attention_locality``), the decoder's click token put its weight on one cell unrelated
+to the click. Metres in units of 20 m (``coord_scale`` 0.05, sam4d_small) keep a fresh MLP's
+encodings at the tokens' scale. For the same reason sam4d_small's 2D sine part reaches 6 periods
+across the image (``sine_scale``; released 2 pi: one period, too coarse to tell 24 columns apart).
 
 Conventions: ``K`` (B, 3, 3) upper-triangular pinhole intrinsics *at the model input size* (see
 :func:`~sam4d_core.modeling.backbones.image_encoder.scale_intrinsics`); ``lidar_from_cam``
@@ -109,6 +117,7 @@ class FrustumRayEmbedding(nn.Module):
         backbone_stride: stride of the token grid (16) -> frustum grid (H / 16, W / 16).
         depth_start, depth_step, num_depths: depth bins (1.0 m, 0.6 m, 128).
         hidden_dim: MLP hidden width (default 4 C = 1024).
+        coord_scale: multiplies the MLP's input coordinates (metres; 1.0 released).
 
     State dict: ``frustum`` [Hf, Wf, D, 4] (non-trainable parameter), ``mlp_embedding.0.*``
     (Linear 3D -> hidden), ``mlp_embedding.2.*`` (Linear hidden -> C).
@@ -125,12 +134,16 @@ class FrustumRayEmbedding(nn.Module):
         depth_step: float = 0.6,
         num_depths: int = 128,
         hidden_dim: int | None = None,
+        coord_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not coord_scale > 0:
+            raise ValueError(f"coord_scale must be > 0, got {coord_scale}")
         self.num_pos_feats = num_pos_feats
         self.image_size = tuple(image_size)
         self.backbone_stride = backbone_stride
         self.num_depths = num_depths
+        self.coord_scale = float(coord_scale)
         hidden_dim = hidden_dim or 4 * num_pos_feats
         # Not persistent: the official checkpoint has no such entry (the depths are in the frustum).
         self.register_buffer(
@@ -242,6 +255,8 @@ class FrustumRayEmbedding(nn.Module):
         assert points.shape[-2:] == (self.num_depths, 3), f"got {tuple(points.shape)}"
         w = self.mlp_embedding[0].weight
         flat = points.reshape(*points.shape[:-2], 3 * self.num_depths).to(w.dtype)
+        if self.coord_scale != 1.0:
+            flat = flat * self.coord_scale
         return self.mlp_embedding(flat)
 
     def embed_points(self, xyz: torch.Tensor) -> torch.Tensor:
@@ -256,7 +271,10 @@ class FrustumRayEmbedding(nn.Module):
             rep = xyz.unsqueeze(-2).expand(*xyz.shape[:-1], self.num_depths, 3)
             return self.embed_rays(rep)
         first = self.mlp_embedding[0]
-        hidden = F.linear(xyz.to(first.weight.dtype), self._folded_first_layer(), first.bias)
+        xyz = xyz.to(first.weight.dtype)
+        if self.coord_scale != 1.0:
+            xyz = xyz * self.coord_scale
+        hidden = F.linear(xyz, self._folded_first_layer(), first.bias)
         return self.mlp_embedding[2](self.mlp_embedding[1](hidden))
 
     def _folded_first_layer(self) -> torch.Tensor:
@@ -286,6 +304,10 @@ class UMPE(nn.Module):
         released_frequency_quirk: reproduce the released sine-PE bug (all frequencies 1); must be
             on for the official checkpoint.
         rff_scale: standard deviation of the RFF Gaussian matrix (1.0 released).
+        coord_scale: multiplies the ray / point MLP's input metres (1.0 released; see the module
+            docstring).
+        sine_scale: multiplier of the normalised image positions in the 2D sine part (None:
+            2 pi, released: its highest frequency is one period across the image).
 
     Children (official names): ``img_pe_layer`` (2D sine, no state), ``pts_pe_layer`` (RFF,
     buffer ``positional_encoding_gaussian_matrix`` [3, C/2]), ``union_pe_layer``
@@ -306,6 +328,8 @@ class UMPE(nn.Module):
         temperature: float = 10000.0,
         released_frequency_quirk: bool = False,
         rff_scale: float = 1.0,
+        coord_scale: float = 1.0,
+        sine_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.num_pos_feats = num_pos_feats
@@ -313,6 +337,7 @@ class UMPE(nn.Module):
         self.img_pe_layer = PositionEmbeddingSine(
             num_pos_feats,
             temperature=temperature,
+            scale=sine_scale,
             released_frequency_quirk=released_frequency_quirk,
             pixel_centers=True,
         )
@@ -325,7 +350,15 @@ class UMPE(nn.Module):
             depth_step=depth_step,
             num_depths=num_depths,
             hidden_dim=hidden_dim,
+            coord_scale=coord_scale,
         )
+
+    def reset_parameters(self) -> None:
+        """Draws the ray / point MLP anew (the frustum and the RFF matrix are fixed), e.g. to
+        retrain the encodings under another ``coord_scale`` on top of trained encoders."""
+        for m in self.union_pe_layer.mlp_embedding:
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
 
     @property
     def grid_size(self) -> tuple[int, int]:

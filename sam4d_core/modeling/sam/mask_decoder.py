@@ -193,6 +193,11 @@ class MaskDecoder(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Shared parts.
 
+    @property
+    def num_output_tokens(self) -> int:
+        """Tokens the decoder puts before the prompt tokens ([obj score?, IoU, mask x4])."""
+        return 1 + self.num_mask_tokens + int(self.pred_obj_scores)
+
     def _output_tokens(self, sparse: torch.Tensor, sparse_valid: torch.Tensor | None):
         """Prepend [obj score?, IoU, mask x4] tokens to the prompt tokens."""
         weights = [self.iou_token.weight, self.mask_tokens.weight]

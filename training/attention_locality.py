@@ -1,20 +1,26 @@
-"""Does memory attention read an object's memory where the object is? A diagnostic of MCMA.
+"""Where does attention look? A diagnostic of the decoder's clicks and of MCMA's memory.
 
-    python -m training.memory_locality --help
-    python -m training.memory_locality --config sam4d_small_synthetic_stage9 \
+    python -m training.attention_locality --help
+    python -m training.attention_locality --config sam4d_small_synthetic_stage9 \
         --checkpoint .build/runs/sam4d_small_stage9/model_final.pt --json stage9.json
-    python -m training.memory_locality --config sam4d_small_synthetic_stage10   # its start
+    python -m training.attention_locality --config sam4d_small_synthetic_stage10   # its start
 
-Propagation needs MCMA to route each object's memory to the current tokens at the object's
-place: the decoder sees no prompt after the first frame, only the conditioned tokens. This tool
-measures that on the easiest case there is, a static frame that is its own memory: per held-out
-frame (the config's validation sources, else its training sources), each object's memory is
-encoded from its ground-truth mask (as a mask prompt taken as output), then the same frame is
-conditioned on it. Reported, per modality:
+Prompting needs the decoder's click token to find the clicked object, and propagation needs MCMA
+to route each object's memory to the current tokens at the object's place (the decoder sees no
+prompt after the first frame, only the conditioned tokens). Both are attention by position,
+through UMPE encodings added to the tokens. This tool measures them on held-out frames (the
+config's validation sources, else its training sources), per modality:
 
-- ``self_mass``: the first layer's cross-attention weight a current token puts on the memory
-  token of its own cell (image) / voxel (LiDAR), mean over tokens, heads and objects; ``uniform``
-  is 1 / (number of keys), what attention that ignores position gives.
+- ``click_mass`` / ``click_area``: the weight the click token (one centre click per object, in
+  camera slot 0 / in the LiDAR) puts on the object's scene tokens in the decoder's first
+  token -> scene attention, against the share of tokens the object covers (what attention that
+  ignores the click's position gives). A decoder that localises clicks has mass >> area;
+- ``pe_ratio``: mean norm of the scene tokens' encodings over that of the tokens. Far above 1,
+  the encodings swamp the features and the softmax saturates on position alone;
+- ``self_mass`` (MCMA, a static frame that is its own memory, each object's memory encoded from
+  its ground-truth mask): the first layer's cross-attention weight a current token puts on the
+  memory token of its own cell (image) / voxel (LiDAR), mean over tokens, heads and objects;
+  ``uniform`` is 1 / (number of keys), what attention that ignores position gives;
 - ``memory_locality`` / ``conditioned_locality``: how much an object's tokens deviate from the
   mean over the frame's objects inside the object (stride-16 cells / LiDAR tokens with at least
   ``--inside`` of their pixels / points on it) relative to outside; the median over objects.
@@ -45,7 +51,7 @@ from sam4d_core.modeling.sam4d_base import SAM4D, FrameFeatures, ObjectMemoryInp
 
 from .config import PromptConfig, TrainConfig, load_train_config
 from .datasets import ClipDataset, ClipSample, build_source
-from .prompt_simulation import initial_prompt
+from .prompt_simulation import LIDAR, initial_prompt
 from .train import build_model
 
 
@@ -63,6 +69,12 @@ class LocalityReport:
     image_conditioned_locality: float | None
     lidar_memory_locality: float | None
     lidar_conditioned_locality: float | None
+    image_click_mass: float | None = None
+    image_click_area: float | None = None
+    lidar_click_mass: float | None = None
+    lidar_click_area: float | None = None
+    image_pe_ratio: float | None = None
+    lidar_pe_ratio: float | None = None
 
 
 def deviation_locality(tokens: torch.Tensor, inside: torch.Tensor) -> list[float]:
@@ -162,6 +174,40 @@ def _token_fractions(
     return img, lid
 
 
+def click_attention_mass(
+    model: SAM4D,
+    features: FrameFeatures,
+    prompt: ObjectPrompts,
+    on_object: torch.Tensor,
+    lidar: bool,
+) -> float:
+    """Weight the click token puts on the object in the decoder's first token -> scene attention.
+
+    Args:
+        prompt: one object's single click, in camera slot 0 or (``lidar``) in the LiDAR.
+        on_object: (N,) bool, the scene tokens (cells of camera slot 0 / LiDAR tokens) on it.
+
+    Returns:
+        the summed weight on those tokens, mean over heads.
+    """
+    decoder = model.sam_head.sam_mask_decoder
+    attn = decoder.transformer.layers[0].cross_attn_token_to_image
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = attn.register_forward_pre_hook(lambda _m, args: calls.append((args[0], args[1])))
+    try:
+        model.track_step(features, [prompt])
+    finally:
+        hook.remove()
+    # Camera branches run first (one call per camera), then the LiDAR branch.
+    ncam = 0 if features.image is None else features.image.num_cameras
+    q, k = calls[ncam if lidar else 0]
+    qh, kh = attn._split(attn.q_proj(q)), attn._split(attn.k_proj(k))
+    w = torch.softmax(qh @ kh.transpose(-1, -2) / qh.shape[-1] ** 0.5, dim=-1)  # (1, H, T, N)
+    # The click is the first prompt token of its own branch, after the decoder's output tokens.
+    click = w[0, :, decoder.num_output_tokens]  # (H, N)
+    return float(click[:, on_object].sum(dim=-1).mean())
+
+
 _METRICS = tuple(f.name for f in dataclasses.fields(LocalityReport))[2:]
 
 
@@ -241,6 +287,30 @@ def measure(
                     memory[:, n_img : n_img + n16], on
                 )
                 acc["lidar_conditioned_locality"] += deviation_locality(pts_cond, on)
+        click_cfg = dataclasses.replace(cfg.prompts, click_mode="center")
+        rng = np.random.default_rng(g)
+        for k in range(b):
+            for name, frac, view in (("image", frac_img, 0), ("lidar", frac_lid, LIDAR)):
+                if frac is None or not bool((frac[k] > inside).any()):
+                    continue
+                st = initial_prompt(
+                    sample, k, click_cfg, rng, modality=name, kind="click", num_clicks=1
+                )
+                prompt = st.to_prompts(None, None)
+                if st.view != view or prompt is None:
+                    continue
+                on = frac[k] > inside
+                mass = click_attention_mass(model, features, prompt, on, name == "lidar")
+                acc[f"{name}_click_mass"].append(mass)
+                acc[f"{name}_click_area"].append(float(on.float().mean()))
+        if img is not None:
+            acc["image_pe_ratio"].append(
+                float(img.pe.norm(dim=1).mean() / img.tokens.norm(dim=1).mean())
+            )
+        if lid is not None:
+            acc["lidar_pe_ratio"].append(
+                float(lid.pe.norm(dim=-1).mean() / lid.tokens.norm(dim=-1).mean())
+            )
         frames += 1
         objects += b
 
@@ -256,20 +326,24 @@ def format_table(r: LocalityReport) -> str:
     f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     g = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     rows = [
-        f"MCMA locality on {r.frames} static frames, {r.objects} objects",
-        "| modality | self mass | uniform | memory locality | conditioned locality |",
-        "|---|--:|--:|--:|--:|",
-        f"| image | {f(r.image_self_mass)} | {f(r.image_uniform)} | "
-        f"{g(r.image_memory_locality)} | {g(r.image_conditioned_locality)} |",
-        f"| LiDAR | {f(r.lidar_self_mass)} | {f(r.lidar_uniform)} | "
-        f"{g(r.lidar_memory_locality)} | {g(r.lidar_conditioned_locality)} |",
+        f"Attention locality on {r.frames} frames, {r.objects} objects",
+        "| modality | pe / token norm | click mass | click area | MCMA self mass | uniform "
+        "| memory locality | conditioned locality |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    for name, label in (("image", "image"), ("lidar", "LiDAR")):
+        v = {k.removeprefix(name + "_"): getattr(r, k) for k in _METRICS if k.startswith(name)}
+        rows.append(
+            f"| {label} | {g(v['pe_ratio'])} | {f(v['click_mass'])} | {f(v['click_area'])} | "
+            f"{f(v['self_mass'])} | {f(v['uniform'])} | {g(v['memory_locality'])} | "
+            f"{g(v['conditioned_locality'])} |"
+        )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training.memory_locality",
+        prog="python -m training.attention_locality",
         description=__doc__.split("\n\n")[2] if __doc__ else None,
     )
     p.add_argument("--config", required=True, help="a training config (name or YAML)")
