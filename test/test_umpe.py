@@ -263,3 +263,16 @@ def test_scaled_coordinates_keep_fresh_encodings_at_the_sine_scale() -> None:
         norms[s] = float(pe.norm(dim=0).mean() / sine.norm(dim=0).mean())
     assert norms[1.0] > 5.0, norms
     assert norms[0.05] < 2.0, norms
+
+
+def test_reset_parameters_redraws_the_mlp_only() -> None:
+    """``reinit: [umpe]``: the ray / point MLP is drawn anew; the frustum and the RFF matrix
+    (fixed geometry, not learned) are kept."""
+    torch.manual_seed(0)
+    u = UMPE(num_pos_feats=32, image_size=(64, 128), num_depths=8, depth_step=8.0)
+    before = {k: v.clone() for k, v in u.state_dict().items()}
+    u.reset_parameters()
+    after = u.state_dict()
+    for k, v in before.items():
+        same = torch.equal(v, after[k])
+        assert same == ("mlp_embedding" not in k), k
