@@ -172,12 +172,14 @@ def test_validation_metrics(tiny_dataset) -> None:
         assert 0.0 <= m[k] <= 1.0
     assert any(k.endswith("_img_prompt") for k in m) or any(k.endswith("_lidar_prompt") for k in m)
     assert 0.0 <= m["image_miou_tracked"] <= 1.0  # 2-frame clips: frame 1 on its own too
+    assert 0.0 <= m["image_miou_prompted"] <= 1.0  # and frame 0
 
 
 def test_tracked_frames_are_scored_apart_from_the_prompted_one(tiny_dataset) -> None:
-    """Right on the prompted frame, nothing on the next: 0.5 over the clip, 0 tracked."""
+    """Right on the prompted frame, nothing on the next: 0.5 over the clip, 1 prompted, 0
+    tracked."""
     from training.clip_forward import FramePrediction
-    from training.validation import clip_object_ious
+    from training.validation import clip_object_ious, mean_ious, object_frame_ious
 
     sample = tiny_dataset.sample(0)
     t0, t1 = sample.targets[:2]
@@ -190,11 +192,13 @@ def test_tracked_frames_are_scored_apart_from_the_prompted_one(tiny_dataset) -> 
     )
     both = clip_object_ious(sample, [right, empty])
     tracked = clip_object_ious(sample, [right, empty], first_frame=1)
+    prompted = mean_ious(object_frame_ious(sample, [right, empty]), 0, 1)
     checked = 0
     for b in range(sample.num_objects):
         for k in (0, 1):  # image, LiDAR
             if frame_has(t0, b, k) and frame_has(t1, b, k):
                 assert both[b][k] == pytest.approx(0.5) and tracked[b][k] == 0.0, (b, k)
+                assert prompted[b][k] == 1.0, (b, k)
                 checked += 1
     assert checked >= 2
 

@@ -7,8 +7,9 @@ Per object and modality, the IoU of each frame where the ground truth or the pre
 non-empty is averaged over frames (frames where both are empty are skipped; the image IoU of a
 frame pools the pixels of all cameras with ground truth; the LiDAR IoU excludes ignored points);
 mIoU is the mean over objects. Reported overall and by prompt modality (same-modality and
-cross-modal cases), over all frames and over the tracked frames alone (after the prompted one: a
-20-frame mean hides whether anything propagates). This is a monitoring signal; the paper-style
+cross-modal cases), over all frames, over the prompted frame alone and over the tracked frames
+alone (after the prompted one: a 20-frame mean hides whether the click was understood and whether
+anything propagates). This is a monitoring signal; the paper-style
 evaluation is separate.
 """
 
@@ -58,14 +59,17 @@ def object_frame_ious(
 
 
 def mean_ious(
-    per_frame: list[list[tuple[float | None, float | None]]], first_frame: int = 0
+    per_frame: list[list[tuple[float | None, float | None]]],
+    first_frame: int = 0,
+    end_frame: int | None = None,
 ) -> list[tuple[float | None, float | None]]:
-    """Per object (mean image IoU, mean LiDAR IoU) over frames from ``first_frame`` on (None: no
-    frame with a score)."""
+    """Per object (mean image IoU, mean LiDAR IoU) over frames ``first_frame`` to ``end_frame``
+    (exclusive; None: the last) (None: no frame with a score)."""
     out = []
     for frames in per_frame:
-        imgs = [i for i, _ in frames[first_frame:] if i is not None]
-        lids = [j for _, j in frames[first_frame:] if j is not None]
+        span = frames[first_frame:end_frame]
+        imgs = [i for i, _ in span if i is not None]
+        lids = [j for _, j in span if j is not None]
         out.append((float(np.mean(imgs)) if imgs else None, float(np.mean(lids)) if lids else None))
     return out
 
@@ -89,9 +93,9 @@ def validate(
     Returns:
         ``image_miou``, ``lidar_miou`` (all prompts), ``{image,lidar}_miou_{img,lidar}_prompt``
         (by prompt modality: e.g. ``lidar_miou_img_prompt`` is the cross-modal 2D -> 3D case),
-        ``objects``; for clips of more than one frame the same over the frames after the
-        prompted one, ``{image,lidar}_miou_tracked[_{img,lidar}_prompt]`` (what memory alone
-        propagates).
+        ``objects``; for clips of more than one frame the same on the prompted frame alone,
+        ``{image,lidar}_miou_prompted[_{img,lidar}_prompt]``, and over the frames after it,
+        ``{image,lidar}_miou_tracked[_{img,lidar}_prompt]`` (what memory alone propagates).
     """
     cfg = PromptConfig(
         prob_mask=0.0, click_mode="center", num_correction_frames=0, correction_clicks=0
@@ -122,6 +126,7 @@ def validate(
                 per_frame = object_frame_ious(sample, res.predictions)
                 scores = [("", mean_ious(per_frame))]
                 if sample.num_frames > 1:
+                    scores.append(("_prompted", mean_ious(per_frame, 0, 1)))
                     scores.append(("_tracked", mean_ious(per_frame, 1)))
                 for b, st in enumerate(initial):
                     if st.view is None:
