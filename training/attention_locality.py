@@ -314,7 +314,8 @@ def measure(
         frames += 1
         objects += b
 
-    # Attention masses are averaged over frames; localities are medians over objects.
+    # Self masses and norm ratios are means over frames, click masses and areas over clicked
+    # objects; localities are medians over objects.
     stats = {
         k: None if not v else float(np.median(v) if k.endswith("locality") else np.mean(v))
         for k, v in acc.items()
