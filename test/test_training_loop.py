@@ -4,6 +4,7 @@ step bitwise, 2-process gloo DDP keeps the replicas identical, validation and th
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -361,6 +362,25 @@ def test_sigterm_to_the_process_group_stops_and_saves(tmp_path) -> None:
     assert "stopped at step" in text and (out / "checkpoints" / "last.pt").is_file(), text
 
 
+def test_validation_cli_scores_a_checkpoint(tmp_path: Path, capsys) -> None:
+    """``python -m training.validation``: a checkpoint's validation as a run computes it."""
+    from training.validation import main as validation_main
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(SAM4D(get_config("sam4d_tiny")), tmp_path / "m.pt")
+    out = tmp_path / "val.json"
+    argv = ["--config", "tiny_test", "--checkpoint", str(ck), "--clips", "2", "--json", str(out)]
+    assert validation_main([*argv, "--clip-length", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["objects"] >= 1 and 0.0 <= printed["lidar_miou"] <= 1.0
+    # One frame: nothing is tracked, so there are no tracked / prompted splits.
+    assert not any(k.endswith(("_tracked", "_prompted")) for k in printed)
+    assert validation_main([*argv, "--clip-length", "2"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert "lidar_miou_tracked" in two and "lidar_miou_prompted" in two
+
+
 def test_every_named_config_loads() -> None:
     """The shipped recipes parse into valid configs (a typo in a YAML fails here, not hours into
     a run); the continuation stages start from the previous stage's weights."""
@@ -372,7 +392,7 @@ def test_every_named_config_loads() -> None:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
     released = {"coord_scale": 1.0, "sine_scale": None, "temperature": 10000.0}
-    for k in range(2, 12):
+    for k in range(2, 13):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).
@@ -383,15 +403,15 @@ def test_every_named_config_loads() -> None:
         loss = dataclasses.replace(cfg.loss, focal=stage1.loss.focal) if low_focal else cfg.loss
         assert loss == stage1.loss and (cfg.loss.focal == 2.0) == low_focal, k
         # The chain up to stage 10 keeps the released encodings it was trained with (pinned in
-        # stage 1, as sam4d_small changed them); stage 11 takes sam4d_small's.
+        # stage 1, as sam4d_small changed them); stages 11 and 12 take sam4d_small's.
         umpe = model_config(cfg).umpe
-        expected = get_config("sam4d_small").umpe if k == 11 else released
+        expected = get_config("sam4d_small").umpe if k >= 11 else released
         if k < 11:
             assert {n: getattr(umpe, n) for n in released} == expected, k
         else:
             assert umpe == expected
-        # Stages 10 and 11 draw components anew.
-        assert bool(cfg.reinit) == (k >= 10), k
+        # Stages 10 and 11 draw components anew (12 continues 11).
+        assert bool(cfg.reinit) == (k in (10, 11)), k
     stage10 = model_config(load_train_config("sam4d_small_synthetic_stage10"))
     mac = stage10.memory_attention
     assert (mac.pos_scale, mac.pos_enc_at_cross_attn_queries, mac.tie_qk_init) == (0.3, True, True)

@@ -1,5 +1,11 @@
 """Validation during training: mIoU on held-out clips tracked from a first-frame prompt.
 
+    python -m training.validation --config sam4d_small_synthetic_stage11 \
+        --checkpoint .build/runs/sam4d_small_stage11/model_step955.pt --clip-length 1 --clips 12
+
+(the same numbers as a run's validation, for any checkpoint; ``--clip-length 1`` scores the
+prompted frame alone).
+
 Each object of a clip gets one click on the first frame (``"center"`` mode, SAM's evaluation
 click) alternately in a camera (even object index) and in the LiDAR (odd), falling back to the
 other modality when it is not visible there; no corrections; the rest is propagated by memory.
@@ -15,14 +21,21 @@ evaluation is separate.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from sam4d_core.build_sam import build_sam4d
 from sam4d_core.modeling.sam4d_base import SAM4D
 
 from .clip_forward import FramePrediction, run_clip
-from .config import PromptConfig
-from .datasets import ClipDataset, ClipSample, FrameTargets
+from .config import PromptConfig, load_train_config
+from .datasets import ClipDataset, ClipSample, FrameTargets, build_dataset
 from .prompt_simulation import LIDAR, ClipPlan, initial_prompt
 
 
@@ -145,4 +158,42 @@ def validate(
     return out
 
 
-__all__ = ["clip_object_ious", "frame_ious", "mean_ious", "object_frame_ious", "validate"]
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m training.validation",
+        description="A training run's validation for any checkpoint: prints (and writes) the "
+        "mIoUs as JSON.",
+    )
+    p.add_argument("--config", required=True, help="a training config (name or YAML)")
+    p.add_argument("--checkpoint", required=True, type=Path, help="weights (our format)")
+    p.add_argument("--clips", type=int, help="clips to run (default: the config's val.num_clips)")
+    p.add_argument(
+        "--clip-length", type=int, help="frames per clip (default: the config's val.clip_length)"
+    )
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_train_config(args.config)
+    sources = cfg.val.sources or cfg.data.sources
+    data = dataclasses.replace(
+        cfg.data,
+        clip_length=args.clip_length or cfg.val.clip_length,
+        augment=dataclasses.replace(cfg.data.augment, enabled=False),
+    )
+    # The seed of the run's validation set (Trainer: cfg.seed + 1), so the clips are the same.
+    dataset = build_dataset(sources, data, cfg.seed + 1)
+    model = build_sam4d(checkpoint=str(args.checkpoint), device="cpu")
+    out = validate(model, dataset, args.clips or cfg.val.num_clips)
+    text = json.dumps({k: round(v, 4) for k, v in out.items()}, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+__all__ = ["clip_object_ious", "frame_ious", "main", "mean_ious", "object_frame_ious", "validate"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
