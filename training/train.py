@@ -78,7 +78,7 @@ from .config import (
 from .datasets import ClipDataset, ClipSample, build_dataset
 from .logger import ProgressBar, ScalarLogger
 from .prompt_simulation import plan_clip
-from .validation import validate
+from .validation import validate, validation_dataset
 
 # ---------------------------------------------------------------------------------------------
 # Distributed set-up.
@@ -422,12 +422,7 @@ class Trainer:
         self.dataset = build_dataset(cfg.data.sources, cfg.data, cfg.seed)
         self.val_dataset = None
         if cfg.val.sources and cfg.val.every > 0 and cfg.val.num_clips > 0:
-            vcfg = dataclasses.replace(
-                cfg.data,
-                clip_length=cfg.val.clip_length,
-                augment=dataclasses.replace(cfg.data.augment, enabled=False),
-            )
-            self.val_dataset = build_dataset(cfg.val.sources, vcfg, cfg.seed + 1)
+            self.val_dataset = validation_dataset(cfg)
         self.logger: ScalarLogger | None = None
         self._use_tb = use_tensorboard
         self._stop = False

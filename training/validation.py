@@ -34,7 +34,7 @@ from sam4d_core.build_sam import build_sam4d
 from sam4d_core.modeling.sam4d_base import SAM4D
 
 from .clip_forward import FramePrediction, run_clip
-from .config import PromptConfig, load_train_config
+from .config import PromptConfig, TrainConfig, load_train_config
 from .datasets import ClipDataset, ClipSample, FrameTargets, build_dataset
 from .prompt_simulation import LIDAR, ClipPlan, initial_prompt
 
@@ -158,6 +158,18 @@ def validate(
     return out
 
 
+def validation_dataset(cfg: TrainConfig, clip_length: int | None = None) -> ClipDataset:
+    """A run's held-out clips: ``cfg.val.sources`` (else the training sources) cut like the
+    training data, ``cfg.val.clip_length`` frames (or ``clip_length``), no augmentation, seeded
+    apart from the training clips."""
+    data = dataclasses.replace(
+        cfg.data,
+        clip_length=clip_length or cfg.val.clip_length,
+        augment=dataclasses.replace(cfg.data.augment, enabled=False),
+    )
+    return build_dataset(cfg.val.sources or cfg.data.sources, data, cfg.seed + 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.validation",
@@ -175,14 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_train_config(args.config)
-    sources = cfg.val.sources or cfg.data.sources
-    data = dataclasses.replace(
-        cfg.data,
-        clip_length=args.clip_length or cfg.val.clip_length,
-        augment=dataclasses.replace(cfg.data.augment, enabled=False),
-    )
-    # The seed of the run's validation set (Trainer: cfg.seed + 1), so the clips are the same.
-    dataset = build_dataset(sources, data, cfg.seed + 1)
+    dataset = validation_dataset(cfg, args.clip_length)
     model = build_sam4d(checkpoint=str(args.checkpoint), device="cpu")
     out = validate(model, dataset, args.clips or cfg.val.num_clips)
     text = json.dumps({k: round(v, 4) for k, v in out.items()}, indent=2)
@@ -192,7 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["clip_object_ious", "frame_ious", "main", "mean_ious", "object_frame_ious", "validate"]
+__all__ = [
+    "clip_object_ious",
+    "frame_ious",
+    "main",
+    "mean_ious",
+    "object_frame_ious",
+    "validate",
+    "validation_dataset",
+]
 
 
 if __name__ == "__main__":
