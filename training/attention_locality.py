@@ -239,6 +239,7 @@ def measure(
     data = dataclasses.replace(cfg.data, clip_length=1, frame_stride=(0, 0))
     ds = ClipDataset([build_source(s) for s in sources], data, seed=cfg.seed + 1)
     acc: dict[str, list[float]] = {k: [] for k in _METRICS}
+    click_cfg = dataclasses.replace(cfg.prompts, click_mode="center")
     frames = objects = 0
     g = 0
     while frames < num_frames and g < 50 * num_frames:
@@ -287,7 +288,6 @@ def measure(
                     memory[:, n_img : n_img + n16], on
                 )
                 acc["lidar_conditioned_locality"] += deviation_locality(pts_cond, on)
-        click_cfg = dataclasses.replace(cfg.prompts, click_mode="center")
         rng = np.random.default_rng(g)
         for k in range(b):
             for name, frac, view in (("image", frac_img, 0), ("lidar", frac_lid, LIDAR)):

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_train_config(args.config)
     dataset = validation_dataset(cfg, args.clip_length)
     model = build_sam4d(checkpoint=str(args.checkpoint), device="cpu")
-    out = validate(model, dataset, args.clips or cfg.val.num_clips)
+    out = validate(model, dataset, args.clips or cfg.val.num_clips, cfg.seed)
     text = json.dumps({k: round(v, 4) for k, v in out.items()}, indent=2)
     print(text)
     if args.json is not None:
