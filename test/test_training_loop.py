@@ -379,6 +379,19 @@ def test_validation_cli_scores_a_checkpoint(tmp_path: Path, capsys) -> None:
     assert validation_main([*argv, "--clip-length", "2"]) == 0
     two = json.loads(capsys.readouterr().out)
     assert "lidar_miou_tracked" in two and "lidar_miou_prompted" in two
+    # The ground-truth mask as the prompt is the prompted frame's output (as at inference), so
+    # even this untrained model scores it near 1 in the prompted view, unlike its clicks.
+    assert validation_main([*argv, "--clip-length", "2", "--prompt", "mask"]) == 0
+    masked = json.loads(capsys.readouterr().out)
+    for key in ("image_miou_prompted_img_prompt", "lidar_miou_prompted_lidar_prompt"):
+        assert masked[key] > 0.8 > 0.5 > two[key], key
+
+
+def test_an_unknown_validation_prompt_is_refused_at_start(tmp_path: Path) -> None:
+    """``val.prompt`` is checked when the run starts, not at its first validation."""
+    with pytest.raises(ValueError, match="val.prompt must be one of"):
+        Trainer(_tiny_cfg(**{"val.prompt": "box"}), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_every_named_config_loads() -> None:
@@ -392,7 +405,7 @@ def test_every_named_config_loads() -> None:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
     released = {"coord_scale": 1.0, "sine_scale": None, "temperature": 10000.0}
-    for k in range(2, 13):
+    for k in range(2, 15):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).
@@ -403,14 +416,14 @@ def test_every_named_config_loads() -> None:
         loss = dataclasses.replace(cfg.loss, focal=stage1.loss.focal) if low_focal else cfg.loss
         assert loss == stage1.loss and (cfg.loss.focal == 2.0) == low_focal, k
         # The chain up to stage 10 keeps the released encodings it was trained with (pinned in
-        # stage 1, as sam4d_small changed them); stages 11 and 12 take sam4d_small's.
+        # stage 1, as sam4d_small changed them); stages 11 to 14 take sam4d_small's.
         umpe = model_config(cfg).umpe
         expected = get_config("sam4d_small").umpe if k >= 11 else released
         if k < 11:
             assert {n: getattr(umpe, n) for n in released} == expected, k
         else:
             assert umpe == expected
-        # Stages 10 and 11 draw components anew (12 continues 11).
+        # Stages 10 and 11 draw components anew (12 to 14 continue the one before).
         assert bool(cfg.reinit) == (k in (10, 11)), k
     stage10 = model_config(load_train_config("sam4d_small_synthetic_stage10"))
     mac = stage10.memory_attention
@@ -418,6 +431,14 @@ def test_every_named_config_loads() -> None:
     assert stage10.d_model == get_config("sam4d_small").d_model
     stage11 = load_train_config("sam4d_small_synthetic_stage11")
     assert stage11.reinit == ["umpe", "memory_attention"]
+    stage13 = load_train_config("sam4d_small_synthetic_stage13")
+    assert (stage13.data.clip_length, stage13.data.max_objects) == (1, 12)
+    stage14 = load_train_config("sam4d_small_synthetic_stage14")
+    assert (stage14.data.clip_length, stage14.prompts.prob_mask, stage14.val.prompt) == (
+        2,
+        0.5,
+        "mask",
+    )
 
 
 def test_model_overrides_and_reinit(tmp_path: Path) -> None:

@@ -237,12 +237,15 @@ class ValConfig:
         sources: held-out sources (other seeds); None: no validation.
         num_clips: clips per validation.
         clip_length: frames per validation clip.
+        prompt: ``"click"`` (1 centre click) or ``"mask"`` (the ground-truth mask: the tracked
+            frames then measure propagation through memory alone).
     """
 
     every: int = 500
     sources: list[SourceConfig] | None = None
     num_clips: int = 8
     clip_length: int = 8
+    prompt: str = "click"
 
 
 @dataclass

@@ -78,7 +78,7 @@ from .config import (
 from .datasets import ClipDataset, ClipSample, build_dataset
 from .logger import ProgressBar, ScalarLogger
 from .prompt_simulation import plan_clip
-from .validation import validate, validation_dataset
+from .validation import VALIDATION_PROMPTS, validate, validation_dataset
 
 # ---------------------------------------------------------------------------------------------
 # Distributed set-up.
@@ -377,6 +377,11 @@ class Trainer:
         use_tensorboard: bool | None = None,
         quiet: bool = False,
     ) -> None:
+        if cfg.val.prompt not in VALIDATION_PROMPTS:
+            # Checked here, not hours into the run at the first validation.
+            raise ValueError(
+                f"val.prompt must be one of {VALIDATION_PROMPTS}, got {cfg.val.prompt!r}"
+            )
         self.cfg = cfg
         self.out = Path(out_dir)
         self.info, self.device = init_distributed(device)
@@ -626,7 +631,13 @@ class Trainer:
         metrics = None
         if self.info.is_main and self.val_dataset is not None:
             t0 = time.perf_counter()
-            metrics = validate(self.model, self.val_dataset, self.cfg.val.num_clips, self.cfg.seed)
+            metrics = validate(
+                self.model,
+                self.val_dataset,
+                self.cfg.val.num_clips,
+                self.cfg.seed,
+                self.cfg.val.prompt,
+            )
             metrics["time_s"] = time.perf_counter() - t0
             if self.logger is not None:
                 self.logger.log(self.step, {f"val/{k}": v for k, v in metrics.items()})

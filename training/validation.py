@@ -4,7 +4,8 @@
         --checkpoint .build/runs/sam4d_small_stage11/model_step955.pt --clip-length 1 --clips 12
 
 (the same numbers as a run's validation, for any checkpoint; ``--clip-length 1`` scores the
-prompted frame alone).
+prompted frame alone; ``--prompt mask`` prompts with the ground-truth mask, so the tracked frames
+measure propagation through memory alone, apart from how well a click is understood).
 
 Each object of a clip gets one click on the first frame (``"center"`` mode, SAM's evaluation
 click) alternately in a camera (even object index) and in the LiDAR (odd), falling back to the
@@ -37,6 +38,9 @@ from .clip_forward import FramePrediction, run_clip
 from .config import PromptConfig, TrainConfig, load_train_config
 from .datasets import ClipDataset, ClipSample, FrameTargets, build_dataset
 from .prompt_simulation import LIDAR, ClipPlan, initial_prompt
+
+VALIDATION_PROMPTS = ("click", "mask")
+"""First-frame prompts :func:`validate` takes."""
 
 
 def frame_ious(
@@ -100,8 +104,15 @@ def validate(
     dataset: ClipDataset,
     num_clips: int,
     seed: int = 0,
+    prompt: str = "click",
 ) -> dict[str, float]:
     """Runs ``num_clips`` clips (numbers 0..num_clips-1 of ``dataset``) in eval mode.
+
+    Args:
+        prompt: ``"click"`` (one centre click, the module docstring) or ``"mask"`` (the
+            ground-truth mask in the same view, taken as the prompted frame's output as at
+            inference: the tracked frames then show what memory alone propagates from a perfect
+            first mask).
 
     Returns:
         ``image_miou``, ``lidar_miou`` (all prompts), ``{image,lidar}_miou_{img,lidar}_prompt``
@@ -110,6 +121,8 @@ def validate(
         ``{image,lidar}_miou_prompted[_{img,lidar}_prompt]``, and over the frames after it,
         ``{image,lidar}_miou_tracked[_{img,lidar}_prompt]`` (what memory alone propagates).
     """
+    if prompt not in VALIDATION_PROMPTS:
+        raise ValueError(f"prompt must be one of {VALIDATION_PROMPTS}, got {prompt!r}")
     cfg = PromptConfig(
         prob_mask=0.0, click_mode="center", num_correction_frames=0, correction_clicks=0
     )
@@ -129,7 +142,7 @@ def validate(
                         cfg,
                         rng,
                         modality="image" if b % 2 == 0 else "lidar",
-                        kind="click",
+                        kind=prompt,
                         num_clicks=1,
                     )
                     for b in range(sample.num_objects)
@@ -182,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--clip-length", type=int, help="frames per clip (default: the config's val.clip_length)"
     )
+    p.add_argument(
+        "--prompt",
+        choices=VALIDATION_PROMPTS,
+        help="first-frame prompt: one centre click or the ground-truth mask (the tracked frames "
+        "then measure propagation alone); default: the config's val.prompt (click)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args(argv)
@@ -189,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_train_config(args.config)
     dataset = validation_dataset(cfg, args.clip_length)
     model = build_sam4d(checkpoint=str(args.checkpoint), device="cpu")
-    out = validate(model, dataset, args.clips or cfg.val.num_clips, cfg.seed)
+    out = validate(
+        model, dataset, args.clips or cfg.val.num_clips, cfg.seed, args.prompt or cfg.val.prompt
+    )
     text = json.dumps({k: round(v, 4) for k, v in out.items()}, indent=2)
     print(text)
     if args.json is not None:
@@ -198,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
+    "VALIDATION_PROMPTS",
     "clip_object_ious",
     "frame_ious",
     "main",
