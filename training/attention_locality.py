@@ -25,7 +25,13 @@ config's validation sources, else its training sources), per modality:
   mean over the frame's objects inside the object (stride-16 cells / LiDAR tokens with at least
   ``--inside`` of their pixels / points on it) relative to outside; the median over objects.
   The memory tokens of a working memory encoder are local (> 1); conditioned tokens of ~1 mean
-  MCMA spreads the object's signal over the whole frame.
+  MCMA spreads the object's signal over the whole frame;
+- ``memory_probe_iou`` / ``conditioned_probe_iou``: can one linear readout tell an object's
+  places from the rest, the same way for every object? A logistic-regression probe on the
+  object-specific part of the tokens (minus the mean over the frame's objects), fit on the
+  objects of the first two thirds of the frames, scored (token IoU) on the rest. The decoder
+  needs this of the conditioned tokens after the prompted frame; memory tokens that score well
+  while the conditioned tokens do not mean MCMA loses the memory on its way to the tokens.
 
 Without ``--checkpoint`` the model is what the config's run starts from (``init_checkpoint``,
 ``model_overrides``, ``reinit``). Prints a table; ``--json`` writes the numbers.
@@ -75,6 +81,10 @@ class LocalityReport:
     lidar_click_area: float | None = None
     image_pe_ratio: float | None = None
     lidar_pe_ratio: float | None = None
+    image_memory_probe_iou: float | None = None
+    image_conditioned_probe_iou: float | None = None
+    lidar_memory_probe_iou: float | None = None
+    lidar_conditioned_probe_iou: float | None = None
 
 
 def deviation_locality(tokens: torch.Tensor, inside: torch.Tensor) -> list[float]:
@@ -95,6 +105,57 @@ def deviation_locality(tokens: torch.Tensor, inside: torch.Tensor) -> list[float
             outside = dev[k][~m].mean()
             out.append(float(dev[k][m].mean() / outside.clamp_min(1e-12)))
     return out
+
+
+ProbeSample = tuple[torch.Tensor, torch.Tensor]
+"""One object's (tokens (N, C) minus the objects' mean token, inside (N,) bool)."""
+
+
+def object_deviations(tokens: torch.Tensor, inside: torch.Tensor) -> list[ProbeSample]:
+    """Per object that covers a place: its tokens minus the mean over the objects (what is
+    specific to the object), with the places it covers.
+
+    Args:
+        tokens: (B, N, C) per-object tokens of the same N places; inside: (B, N) bool.
+    """
+    dev = tokens - tokens.mean(dim=0, keepdim=True)
+    return [(dev[k].float(), inside[k]) for k in range(tokens.shape[0]) if bool(inside[k].any())]
+
+
+def linear_probe_iou(
+    train: list[ProbeSample], test: list[ProbeSample], steps: int = 300, lr: float = 1e-2
+) -> float | None:
+    """Mean token IoU on ``test`` of one logistic-regression probe fit on ``train``.
+
+    The probe is a single direction plus a bias for every object: high when the tokens say
+    "inside the object" in the same way for all objects, which is what the decoder can read
+    after the prompted frame. Memory tokens made from a mask score well above the conditioned
+    tokens of an MCMA that does not route them by place. Positives are weighted by the
+    negatives / positives ratio. None without samples on either side.
+    """
+    if not train or not test:
+        return None
+    x = torch.cat([t for t, _ in train])
+    y = torch.cat([m for _, m in train]).float()
+    pos = float(y.mean())
+    if pos in (0.0, 1.0):
+        return None
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    weight = torch.tensor((1.0 - pos) / pos)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.binary_cross_entropy_with_logits(x @ w + b, y, pos_weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ious = []
+    with torch.no_grad():
+        for t, m in test:
+            p = (t @ w + b) > 0
+            ious.append(float((p & m).sum()) / max(int((p | m).sum()), 1))
+    return float(np.mean(ious))
 
 
 def first_layer_self_mass(
@@ -238,7 +299,12 @@ def measure(
     sources = cfg.val.sources or cfg.data.sources
     data = dataclasses.replace(cfg.data, clip_length=1, frame_stride=(0, 0))
     ds = ClipDataset([build_source(s) for s in sources], data, seed=cfg.seed + 1)
-    acc: dict[str, list[float]] = {k: [] for k in _METRICS}
+    acc: dict[str, list[float]] = {k: [] for k in _METRICS if not k.endswith("probe_iou")}
+    # Per probe metric, per measured frame, the objects' samples (fit on the first two thirds of
+    # the frames, scored on the rest).
+    probes: dict[str, list[list[ProbeSample]]] = {
+        k: [] for k in _METRICS if k.endswith("probe_iou")
+    }
     click_cfg = dataclasses.replace(cfg.prompts, click_mode="center")
     frames = objects = 0
     g = 0
@@ -276,6 +342,8 @@ def measure(
                 cond = img_cond[:, 0].flatten(2).transpose(1, 2)
                 acc["image_memory_locality"] += deviation_locality(mem_tok, on)
                 acc["image_conditioned_locality"] += deviation_locality(cond, on)
+                probes["image_memory_probe_iou"].append(object_deviations(mem_tok, on))
+                probes["image_conditioned_probe_iou"].append(object_deviations(cond, on))
         if lid is not None:
             n16 = lid.num_tokens
             keys, pos = _with_other_modality(ma, memory, memory_pos, cur_img, cur_img_pos)
@@ -284,10 +352,11 @@ def measure(
             acc["lidar_uniform"].append(un)
             if frac_lid is not None:
                 on = frac_lid > inside
-                acc["lidar_memory_locality"] += deviation_locality(
-                    memory[:, n_img : n_img + n16], on
-                )
+                mem_tok = memory[:, n_img : n_img + n16]
+                acc["lidar_memory_locality"] += deviation_locality(mem_tok, on)
                 acc["lidar_conditioned_locality"] += deviation_locality(pts_cond, on)
+                probes["lidar_memory_probe_iou"].append(object_deviations(mem_tok, on))
+                probes["lidar_conditioned_probe_iou"].append(object_deviations(pts_cond, on))
         rng = np.random.default_rng(g)
         for k in range(b):
             for name, frac, view in (("image", frac_img, 0), ("lidar", frac_lid, LIDAR)):
@@ -320,6 +389,11 @@ def measure(
         k: None if not v else float(np.median(v) if k.endswith("locality") else np.mean(v))
         for k, v in acc.items()
     }
+    for k, per_frame in probes.items():
+        cut = (2 * len(per_frame) + 2) // 3
+        train = [x for f in per_frame[:cut] for x in f]
+        test = [x for f in per_frame[cut:] for x in f]
+        stats[k] = linear_probe_iou(train, test)
     return LocalityReport(frames=frames, objects=objects, **stats)
 
 
@@ -329,15 +403,16 @@ def format_table(r: LocalityReport) -> str:
     rows = [
         f"Attention locality on {r.frames} frames, {r.objects} objects",
         "| modality | pe / token norm | click mass | click area | MCMA self mass | uniform "
-        "| memory locality | conditioned locality |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| memory locality | conditioned locality | memory probe IoU | conditioned probe IoU |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, label in (("image", "image"), ("lidar", "LiDAR")):
         v = {k.removeprefix(name + "_"): getattr(r, k) for k in _METRICS if k.startswith(name)}
         rows.append(
             f"| {label} | {g(v['pe_ratio'])} | {f(v['click_mass'])} | {f(v['click_area'])} | "
             f"{f(v['self_mass'])} | {f(v['uniform'])} | {g(v['memory_locality'])} | "
-            f"{g(v['conditioned_locality'])} |"
+            f"{g(v['conditioned_locality'])} | {g(v['memory_probe_iou'])} | "
+            f"{g(v['conditioned_probe_iou'])} |"
         )
     return "\n".join(rows)
 
