@@ -578,3 +578,72 @@ def test_refinement_with_previous_logits_as_dense_prompts(model: SAM4D) -> None:
         assert not torch.allclose(out2.lidar.point_logits, plain.lidar.point_logits)
         with pytest.raises(ValueError, match="voxel_mask"):
             model.track_step(f, [ObjectPrompts(lidar=LidarPrompt(voxel_mask=np.zeros(3)))])
+
+
+@pytest.fixture(scope="module")
+def distance_model() -> SAM4D:
+    """The tiny model with MCMA's distance bias (gains spread so heads differ)."""
+    torch.manual_seed(0)
+    cfg = get_config("sam4d_tiny")
+    cfg.memory_attention.distance_bias = True
+    m = SAM4D(cfg).eval()
+    with torch.no_grad():
+        for layer in m.memory_attention.layers:
+            layer.place_gain.uniform_(0.2, 2.0)
+    return m
+
+
+def test_distance_bias_batches_and_follows_only_relative_motion(distance_model: SAM4D) -> None:
+    """With the distance bias the model keeps its contracts: objects with different memories
+    batched equal one at a time, and only relative ego motion matters (the places of a memory
+    are moved by T_rel). The bias is in effect: other gains change the tracked outputs."""
+    assert distance_model.memory_attention.distance_bias
+    test_batched_objects_equal_one_at_a_time(distance_model)
+    test_world_frame_invariance(distance_model)
+    poses = [_pose(0.0, [0, 0, 0]), _pose(0.05, [1.5, 0.1, 0.0]), _pose(0.12, [3.0, 0.4, 0.1])]
+    with torch.inference_mode():
+        ref = _run_sequence(distance_model, poses)
+    saved = [layer.place_gain.detach().clone() for layer in distance_model.memory_attention.layers]
+    try:
+        with torch.no_grad():
+            for layer in distance_model.memory_attention.layers:
+                layer.place_gain.fill_(0.0)
+        with torch.inference_mode():
+            flat = _run_sequence(distance_model, poses)
+    finally:
+        with torch.no_grad():
+            for layer, g in zip(distance_model.memory_attention.layers, saved, strict=True):
+                layer.place_gain.copy_(g)
+    torch.testing.assert_close(ref[0].lidar.point_logits, flat[0].lidar.point_logits)
+    assert not torch.allclose(ref[2].lidar.point_logits, flat[2].lidar.point_logits, atol=1e-4)
+
+
+def test_memory_places_match_the_gathered_memory(distance_model: SAM4D) -> None:
+    """Every memory token gets a place, in gather_memory's order; the no-memory path without
+    ``directly_add_no_mem_embed`` attends to one unplaced token."""
+    m = distance_model
+    with torch.inference_mode():
+        f0 = encode(m, 0)
+        f1 = encode(m, 1, cams=(1,), pose=_pose(0.05, [0.8, 0.1, 0.0]))
+        prompt = ObjectPrompts(lidar=LidarPrompt(points=[[8.0, 0.0, 0.0]], labels=[1]))
+        mem0 = m.encode_memory(f0, m.track_step(f0, [prompt]))[0]
+        mem1 = m.encode_memory(f1, m.track_step(f1, [prompt]))[0]
+        f2 = encode(m, 2, pose=_pose(0.1, [1.6, 0.3, 0.0]))
+        inputs = [
+            ObjectMemoryInput([(mem0, 2), (mem1, 1)], [(mem0, 2), (mem1, 1)], 3),
+            ObjectMemoryInput([(mem1, 2)], [], 3),
+        ]
+        _, _, valid = m.gather_memory(f2.geometry, inputs)
+        places = m.memory_places(f2.geometry, inputs)
+    kinds = [[s.kind for s in segs] for segs in places]
+    # Frame 0: two cameras and LiDAR; frame 1: one camera and LiDAR; then the pointers.
+    assert kinds == [["rays", "rays", "points", "rays", "points", "none"], ["rays", "points"]]
+    assert [sum(s.count for s in segs) for segs in places] == valid.sum(dim=1).tolist()
+    # One past frame gives the same segment objects to every object (distances computed once).
+    assert places[0][3] is places[1][0] and places[0][4] is places[1][1]
+
+    cfg = dataclasses.replace(m.config, directly_add_no_mem_embed=False)
+    other = SAM4D(cfg).eval()
+    with torch.inference_mode():
+        out = other.track_step(encode(other, 3), [prompt])
+    assert torch.isfinite(out.lidar.point_logits).all()

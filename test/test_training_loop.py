@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from sam4d_core.checkpoint import load_state_dict_strict, read_checkpoint, save_checkpoint
+from sam4d_core.checkpoint import (
+    CheckpointError,
+    load_state_dict_strict,
+    read_checkpoint,
+    save_checkpoint,
+)
 from sam4d_core.data.synthetic import generate_sequence, make_config
 from sam4d_core.modeling.configs import get_config
 from sam4d_core.modeling.sam4d_base import SAM4D
@@ -405,7 +410,7 @@ def test_every_named_config_loads() -> None:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
     released = {"coord_scale": 1.0, "sine_scale": None, "temperature": 10000.0}
-    for k in range(2, 15):
+    for k in range(2, 16):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).
@@ -423,8 +428,8 @@ def test_every_named_config_loads() -> None:
             assert {n: getattr(umpe, n) for n in released} == expected, k
         else:
             assert umpe == expected
-        # Stages 10 and 11 draw components anew (12 to 14 continue the one before).
-        assert bool(cfg.reinit) == (k in (10, 11)), k
+        # Stages 10, 11 and 15 draw components anew (12 to 14 continue the one before).
+        assert bool(cfg.reinit) == (k in (10, 11, 15)), k
     stage10 = model_config(load_train_config("sam4d_small_synthetic_stage10"))
     mac = stage10.memory_attention
     assert (mac.pos_scale, mac.pos_enc_at_cross_attn_queries, mac.tie_qk_init) == (0.3, True, True)
@@ -433,6 +438,10 @@ def test_every_named_config_loads() -> None:
     assert stage11.reinit == ["umpe", "memory_attention"]
     stage13 = load_train_config("sam4d_small_synthetic_stage13")
     assert (stage13.data.clip_length, stage13.data.max_objects) == (1, 12)
+    stage15 = load_train_config("sam4d_small_synthetic_stage15")
+    assert model_config(stage15).memory_attention.distance_bias
+    assert stage15.reinit == ["memory_attention"]
+    assert stage15.freeze == ["image_encoder", "point_encoder", "umpe"]
     stage14 = load_train_config("sam4d_small_synthetic_stage14")
     assert (stage14.data.clip_length, stage14.prompts.prob_mask, stage14.val.prompt) == (
         2,
@@ -441,16 +450,24 @@ def test_every_named_config_loads() -> None:
     )
 
 
-def test_model_overrides_and_reinit(tmp_path: Path) -> None:
-    """``model_overrides`` change the built model and travel in its checkpoints; ``reinit`` draws
-    the named component anew after the init checkpoint is loaded and keeps everything else."""
+def _started_from_a_checkpoint(tmp_path: Path, overrides: str, steps: int):
+    """A tiny model saved as ``start.pt`` and a tiny run config starting from it with
+    ``model_overrides``."""
     torch.manual_seed(0)
     start = SAM4D(get_config("sam4d_tiny"))
     save_checkpoint(start, tmp_path / "start.pt")
-    over = "{memory_attention: {pos_scale: 0.5, tie_qk_init: true}}"
     cfg = apply_overrides(
-        _tiny_cfg(steps=1, ckpt_every=1),
-        [f"init_checkpoint={tmp_path / 'start.pt'}", f"model_overrides={over}"],
+        _tiny_cfg(steps=steps, ckpt_every=steps),
+        [f"init_checkpoint={tmp_path / 'start.pt'}", f"model_overrides={overrides}"],
+    )
+    return start, cfg
+
+
+def test_model_overrides_and_reinit(tmp_path: Path) -> None:
+    """``model_overrides`` change the built model and travel in its checkpoints; ``reinit`` draws
+    the named component anew after the init checkpoint is loaded and keeps everything else."""
+    start, cfg = _started_from_a_checkpoint(
+        tmp_path, "{memory_attention: {pos_scale: 0.5, tie_qk_init: true}}", steps=1
     )
     kept = build_model(cfg, torch.device("cpu"))
     assert kept.config.memory_attention.pos_scale == 0.5
@@ -482,6 +499,41 @@ def test_model_overrides_and_reinit(tmp_path: Path) -> None:
             apply_overrides(cfg, ["model_overrides={memory_attention: {pos_scal: 1}}"]),
             torch.device("cpu"),
         )
+
+
+def test_reinit_with_new_parameters_and_freeze(tmp_path: Path) -> None:
+    """A component drawn anew may have parameters its init checkpoint lacks (MCMA's distance
+    bias gains); anything else missing is still refused. Frozen components do not change in
+    training, the rest does."""
+    start, cfg = _started_from_a_checkpoint(
+        tmp_path, "{memory_attention: {distance_bias: true}}", steps=2
+    )
+    with pytest.raises(CheckpointError, match="place_gain"):
+        build_model(cfg, torch.device("cpu"))
+    cfg = apply_overrides(
+        cfg, ["reinit=[memory_attention]", "freeze=[image_encoder, point_encoder, umpe]"]
+    )
+    model = build_model(cfg, torch.device("cpu"))
+    ref = start.state_dict()
+    for k, v in model.state_dict().items():
+        if not k.startswith("pure_model.fusion.memory_attention."):
+            assert torch.equal(v, ref[k]), k
+    assert model.memory_attention.layers[0].place_gain is not None
+    frozen = ("pure_model.backbone.", "union_pe_func.")
+    assert all(p.requires_grad != n.startswith(frozen) for n, p in model.named_parameters()), (
+        "freeze must stop exactly the named components"
+    )
+
+    Trainer(cfg, tmp_path / "run", "cpu", quiet=True).fit()
+    final = read_checkpoint(tmp_path / "run" / "model_final.pt").state_dict
+    changed = {k for k in ref if k in final and not torch.equal(final[k], ref[k])}
+    # Frozen means frozen, BatchNorm statistics included.
+    assert changed and not any(k.startswith(frozen) for k in changed)
+    assert any(k.startswith("pure_model.head.") for k in changed)
+    assert final["pure_model.fusion.memory_attention.layers.0.place_gain"].shape == (1,)
+
+    with pytest.raises(ValueError, match="freeze: unknown components"):
+        build_model(apply_overrides(cfg, ["freeze=[decoder]"]), torch.device("cpu"))
 
 
 def test_a_config_lists_only_what_it_changes_from_its_base(tmp_path: Path) -> None:

@@ -165,6 +165,7 @@ def first_layer_self_mass(
     keys: torch.Tensor,
     key_pos: torch.Tensor,
     offset: int,
+    distances: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """(self mass, uniform) of MCMA's first cross-attention for one query modality.
 
@@ -176,6 +177,7 @@ def first_layer_self_mass(
         keys: (B, Nk, C) every key of the query (memory and other-modality tokens, unpadded);
             key_pos: their encodings.
         offset: row of the key at the same place as query 0 (query i pairs with key offset + i).
+        distances: (B or 1, Nq, Nk) the distance bias's distances, when MCMA has one.
     """
     layer = ma.layers[0]
     s = ma.pos_scale
@@ -188,7 +190,10 @@ def first_layer_self_mass(
     attn = layer.cross_attn_image
     q = attn.project_q(q_in)
     k, _ = layer.memory_kv(keys, key_pos * s)
-    w = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)  # (B, H, Nq, Nk)
+    logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, Nq, Nk)
+    if distances is not None:
+        logits = logits + layer.distance_logits(distances)
+    w = torch.softmax(logits, dim=-1)
     nq = queries.shape[1]
     diag = torch.diagonal(w[..., offset : offset + nq], dim1=-2, dim2=-1)
     return float(diag.mean()), 1.0 / keys.shape[1]
@@ -318,6 +323,16 @@ def measure(
         memory, memory_pos, _ = model.gather_memory(features.geometry, memories)
         img_cond, pts_cond = model.condition_on_memory(features, memories)
         img, lid = features.image, features.lidar
+        dists: list[torch.Tensor | None] = [None, None]
+        if model.memory_attention.distance_scales is not None:
+            places = model.current_places(
+                features, model.memory_places(features.geometry, memories)
+            )
+            present = [img is not None, lid is not None]
+            found = iter(
+                places.distances(present, memory.shape[1], model.memory_attention.distance_scales)
+            )
+            dists = [next(found) if there else None for there in present]
         frac_img, frac_lid = _token_fractions(sample, features, model)
         c = model.hidden_dim
         ma = model.memory_attention
@@ -332,7 +347,7 @@ def measure(
         if img is not None:
             other = (None, None) if lid is None else (lid.tokens[None], lid.pe[None])
             keys, pos = _with_other_modality(ma, memory, memory_pos, *other)
-            sm, un = first_layer_self_mass(ma, cur_img, cur_img_pos, keys, pos, 0)
+            sm, un = first_layer_self_mass(ma, cur_img, cur_img_pos, keys, pos, 0, dists[0])
             acc["image_self_mass"].append(sm)
             acc["image_uniform"].append(un)
             if frac_img is not None:
@@ -347,7 +362,9 @@ def measure(
         if lid is not None:
             n16 = lid.num_tokens
             keys, pos = _with_other_modality(ma, memory, memory_pos, cur_img, cur_img_pos)
-            sm, un = first_layer_self_mass(ma, lid.tokens[None], lid.pe[None], keys, pos, n_img)
+            sm, un = first_layer_self_mass(
+                ma, lid.tokens[None], lid.pe[None], keys, pos, n_img, dists[1]
+            )
             acc["lidar_self_mass"].append(sm)
             acc["lidar_uniform"].append(un)
             if frac_lid is not None:

@@ -260,7 +260,12 @@ class TrainConfig:
         init_checkpoint: start from these weights (our format or official), or None.
         reinit: components drawn anew after ``init_checkpoint`` is loaded (see
             ``training.train.REINIT_COMPONENTS``), e.g. ``[memory_attention]`` to retrain MCMA
-            on top of trained encoders and decoders.
+            on top of trained encoders and decoders. Their keys may be missing from (or extra
+            in) ``init_checkpoint``.
+        freeze: components whose parameters do not train (``training.train.COMPONENT_PREFIXES``:
+            image_encoder, point_encoder, memory_attention, memory_encoder, sam_head, umpe),
+            e.g. the backbones while MCMA and the decoder learn to track (cheaper steps, and
+            the prompted frame's features cannot drift).
         seed: everything random derives from it (data order, augmentation, prompts, init).
         steps: optimizer steps.
         batch_size: clips per step and rank (each clip is one SAM2-style video sample).
@@ -276,6 +281,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None
     reinit: list[str] = field(default_factory=list)
+    freeze: list[str] = field(default_factory=list)
     seed: int = 0
     steps: int = 10000
     batch_size: int = 1

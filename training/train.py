@@ -127,6 +127,57 @@ REINIT_COMPONENTS: dict[str, Callable[[SAM4D], None]] = {
 }
 """Components ``TrainConfig.reinit`` can draw anew, and how."""
 
+COMPONENT_PREFIXES: dict[str, str] = {
+    "image_encoder": "pure_model.backbone.image.",
+    "point_encoder": "pure_model.backbone.point.",
+    "memory_attention": "pure_model.fusion.memory_attention.",
+    "memory_encoder": "pure_model.fusion.memory_encoder.",
+    "sam_head": "pure_model.head.sam.",
+    "umpe": "union_pe_func.",
+}
+"""State-dict prefix of each component ``TrainConfig.reinit`` and ``TrainConfig.freeze`` name."""
+
+
+def component_modules(model: SAM4D, names: list[str]) -> list[nn.Module]:
+    """The modules of the named components (see :data:`COMPONENT_PREFIXES`)."""
+    modules = dict(model.named_modules())
+    return [modules[COMPONENT_PREFIXES[n].rstrip(".")] for n in names]
+
+
+def init_state_dict(
+    model: SAM4D, state_dict: dict[str, torch.Tensor], reinit: list[str]
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` completed for ``model``: the keys of components about to be drawn anew
+    may be missing (or extra) in the init checkpoint, e.g. parameters an option of the new
+    model config adds to MCMA. Everything else must still match exactly."""
+    prefixes = tuple(COMPONENT_PREFIXES[name] for name in reinit)
+    if not prefixes:
+        return state_dict
+    own = model.state_dict()
+    out = {k: v for k, v in state_dict.items() if not k.startswith(prefixes) or k in own}
+    for k, v in own.items():
+        if k.startswith(prefixes) and k not in out:
+            out[k] = v
+    return out
+
+
+def freeze_components(model: SAM4D, names: list[str]) -> int:
+    """Stops the parameters of the named components from training; returns how many tensors.
+    (Their normalisation statistics are kept by :meth:`Trainer.train_step`, which runs them in
+    eval mode.)"""
+    unknown = [n for n in names if n not in COMPONENT_PREFIXES]
+    if unknown:
+        raise ValueError(
+            f"freeze: unknown components {unknown}; known: {sorted(COMPONENT_PREFIXES)}"
+        )
+    prefixes = tuple(COMPONENT_PREFIXES[n] for n in names)
+    count = 0
+    for name, p in model.named_parameters():
+        if prefixes and name.startswith(prefixes) and p.requires_grad:
+            p.requires_grad_(False)
+            count += 1
+    return count
+
 
 def model_config(cfg: TrainConfig) -> SAM4DConfig:
     """``cfg.model`` with ``cfg.model_overrides`` laid over it (unknown keys are errors)."""
@@ -150,9 +201,11 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SAM4D:
         if ckpt.is_official_format:
             load_official_checkpoint(model, cfg.init_checkpoint)
         else:
-            load_state_dict_strict(model, ckpt.state_dict, str(ckpt.path))
+            state = init_state_dict(model, dict(ckpt.state_dict), cfg.reinit)
+            load_state_dict_strict(model, state, str(ckpt.path))
     for name in cfg.reinit:
         REINIT_COMPONENTS[name](model)
+    freeze_components(model, cfg.freeze)
     if cfg.dropout is not None:
         set_dropout(model.memory_attention, cfg.dropout)
     return model.to(device).train()
@@ -394,6 +447,7 @@ class Trainer:
         # Same initial weights on every rank (DDP also broadcasts them), then per-rank streams.
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.device)
+        self.frozen = component_modules(self.model, cfg.freeze)
         rank_seed = cfg.seed * 1000 + self.info.rank
         random.seed(rank_seed)
         np.random.seed(rank_seed % 2**32)  # noqa: NPY002 (the global stream, see get_rng_state)
@@ -496,6 +550,8 @@ class Trainer:
     def train_step(self, samples: list[ClipSample]) -> tuple[StepRecord, dict[str, float]]:
         """Forward, backward, clip, optimizer and scheduler step on this rank's clips."""
         self.loss_module.train()
+        for m in self.frozen:
+            m.eval()  # frozen means frozen: BatchNorm statistics too
         with self._autocast():
             loss, scalars = self.loss_module(samples)
         self.scaler.scale(loss).backward()

@@ -33,7 +33,10 @@ Options that depart from the release, off by default (``MemoryAttentionConfig``)
 ``pos_enc_at_cross_attn_queries`` and ``tie_qk_init``. Together they make a freshly drawn module
 attend by position (measured by ``python -m training.attention_locality``): with UMPE's raw-metre
 encodings at ~15x the token norm and no encoding on the queries, the released form starts, and
-in our CPU training stays, attending to a few keys unrelated to the query's place.
+in our CPU training stays, attending to a few keys unrelated to the query's place. They did not
+make the memory-conditioned tokens carry the object (that tool's probe IoUs); the distance bias
+(``distance_scales``, :mod:`~sam4d_core.modeling.token_places`) puts the place into the logits
+directly: ``- gain * distance(query place, key place)``.
 
 Also here: the top-level memory parameters of the official model (``maskmem_tpos_enc``,
 ``no_mem_embed``, ``no_mem_pos_enc``, ``no_obj_embed_spatial``, ``mask_downsample_img``,
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +56,12 @@ from torch import nn
 from torch.nn.init import trunc_normal_
 
 from sam4d_core.modeling.memory_encoder import build_mask_downsample_img, build_mask_downsample_pts
+from sam4d_core.modeling.token_places import (
+    DistanceScales,
+    DistanceTable,
+    PlaceSegment,
+    segments_count,
+)
 
 
 class Attention(nn.Module):
@@ -107,6 +117,7 @@ class Attention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         key_valid: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention on projected heads.
 
@@ -114,11 +125,12 @@ class Attention(nn.Module):
             q: (B, H, Nq, d); k, v: (B, H, Nk, d) (batch sizes must match).
             key_valid: optional (B, Nk) bool, True for real keys. A query whose keys are all
                 padding gets a zero update (instead of SDPA's NaN).
+            bias: optional (B or 1, H or 1, Nq, Nk) float added to the attention logits.
 
         Returns:
             (B, Nq, embedding_dim) after ``out_proj``.
         """
-        mask = None
+        mask: torch.Tensor | None = None
         has_key = None
         if key_valid is not None:
             has_key = key_valid.any(dim=1)  # (B,)
@@ -126,6 +138,11 @@ class Attention(nn.Module):
             # below; torch.where keeps this free of data-dependent control flow (ONNX).
             safe = key_valid | ~has_key[:, None]
             mask = safe[:, None, None, :]
+        if bias is not None:
+            bias = bias.to(q.dtype)
+            if mask is not None:
+                bias = torch.where(mask, bias, float("-inf"))
+            mask = bias
         p = self.dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         b, h, n, d = out.shape
@@ -159,6 +176,10 @@ class MemoryAttentionLayer(nn.Module):
         pos_enc_at_attn: add the query encoding to self-attention q/k (SAM4D: False).
         pos_enc_at_cross_attn_queries: add it to cross-attention queries (SAM4D: False).
         pos_enc_at_cross_attn_keys: add the memory encoding to cross-attention keys (SAM4D: True).
+        distance_bias: give the cross-attention a per-head ``place_gain`` (init 1): the logits
+            get ``- max(place_gain, 0) * distance`` for the distances passed to
+            :meth:`forward_cross_attention` (off in SAM4D; see
+            :mod:`~sam4d_core.modeling.token_places`).
     """
 
     def __init__(
@@ -172,6 +193,7 @@ class MemoryAttentionLayer(nn.Module):
         pos_enc_at_attn: bool = False,
         pos_enc_at_cross_attn_queries: bool = False,
         pos_enc_at_cross_attn_keys: bool = True,
+        distance_bias: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -193,6 +215,16 @@ class MemoryAttentionLayer(nn.Module):
         self.pos_enc_at_attn = pos_enc_at_attn
         self.pos_enc_at_cross_attn_queries = pos_enc_at_cross_attn_queries
         self.pos_enc_at_cross_attn_keys = pos_enc_at_cross_attn_keys
+        self.place_gain: nn.Parameter | None = None
+        if distance_bias:
+            self.place_gain = nn.Parameter(torch.ones(num_heads))
+
+    def distance_logits(self, distances: torch.Tensor) -> torch.Tensor:
+        """(B or 1, Nq, Nk) normalised distances -> (B or 1, H, Nq, Nk) logit bias."""
+        if self.place_gain is None:
+            raise ValueError("this layer was built without distance_bias")
+        gain = self.place_gain.clamp(min=0.0).to(distances.dtype)
+        return -gain[None, :, None, None] * distances[:, None]
 
     def forward_self_attention(
         self, tgt: torch.Tensor, query_pos: torch.Tensor, valid: torch.Tensor | None
@@ -216,12 +248,15 @@ class MemoryAttentionLayer(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         key_valid: torch.Tensor | None,
+        distances: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Pre-norm cross-attention block on projected keys/values (B, H, Nk, d)."""
+        """Pre-norm cross-attention block on projected keys/values (B, H, Nk, d); ``distances``
+        (B or 1, Nq, Nk) for the distance bias."""
         x = self.norm2(tgt)
         q = x + query_pos if self.pos_enc_at_cross_attn_queries else x
         q = self.cross_attn_image.project_q(q)
-        return tgt + self.dropout2(self.cross_attn_image.attend(q, k, v, key_valid))
+        bias = None if distances is None else self.distance_logits(distances)
+        return tgt + self.dropout2(self.cross_attn_image.attend(q, k, v, key_valid, bias))
 
     def forward_ffn(self, tgt: torch.Tensor) -> torch.Tensor:
         """Pre-norm FFN block."""
@@ -262,6 +297,56 @@ def _ones_valid(x: torch.Tensor, b: int) -> torch.Tensor:
     return torch.ones(b, x.shape[1], dtype=torch.bool, device=x.device)
 
 
+@dataclass(eq=False)
+class AttentionPlaces:
+    """Where MCMA's tokens are (for the distance bias), in the current LiDAR frame.
+
+    Attributes:
+        image: the current image tokens' segments (one per camera), or None without image.
+        points: the current LiDAR tokens' segments, or None without LiDAR.
+        memory: per object, the segments of its memory tokens in memory order (before padding).
+            Objects whose memories come from the same frames should share segment objects:
+            their distances are then computed once.
+    """
+
+    image: list[PlaceSegment] | None
+    points: list[PlaceSegment] | None
+    memory: Sequence[Sequence[PlaceSegment]]
+
+    def distances(
+        self, present: list[bool], length: int, scales: DistanceScales
+    ) -> list[torch.Tensor]:
+        """Per query modality present (image, then LiDAR), (B or 1, Nq, length + N_other)
+        distances to [memory padded to ``length``; the other modality's current tokens]."""
+        mods = [self.image, self.points]
+        for m, there in zip(mods, present, strict=True):
+            if there and m is None:
+                raise ValueError("places are missing for a query modality")
+        table = DistanceTable(scales)
+        cross = all(present)
+        out: list[torch.Tensor] = []
+        for qi in (0, 1):
+            q = mods[qi]
+            if not present[qi] or q is None:
+                continue
+            per_layout: dict[tuple[int, ...], torch.Tensor] = {}
+            rows: list[torch.Tensor] = []
+            for segs in self.memory:
+                layout = tuple(id(s) for s in segs)
+                if layout not in per_layout:
+                    d = table.matrix(q, segs, length)
+                    other = mods[1 - qi]
+                    if cross and other is not None:
+                        d = torch.cat([d, table.matrix(q, other, segments_count(other))], dim=1)
+                    per_layout[layout] = d
+                rows.append(per_layout[layout])
+            if len(per_layout) == 1:
+                out.append(rows[0][None])  # one layout: broadcast over objects
+            else:
+                out.append(torch.stack(rows))
+        return out
+
+
 class MemoryAttention(nn.Module):
     """MCMA: a stack of :class:`MemoryAttentionLayer` shared by the image and LiDAR queries.
 
@@ -286,6 +371,10 @@ class MemoryAttention(nn.Module):
             the memory token at the same place is a squared norm, so a fresh module already
             attends to where an object was instead of to a few arbitrary keys. Only the
             initialisation; the projections train independently.
+        distance_scales: turns on the distance bias (SAM4D: None, off): every cross-attention
+            logit gets ``- gain * distance(query place, key place)``, with the normalised
+            distances of :mod:`~sam4d_core.modeling.token_places` and a learned per-layer,
+            per-head gain (init 1). :meth:`forward` then needs the tokens' ``places``.
 
     The current-frame tokens may have batch size 1 (one encoding of the frame shared by all
     objects) and are broadcast to the memory's batch size (the number of objects).
@@ -307,6 +396,7 @@ class MemoryAttention(nn.Module):
         pos_enc_at_cross_attn_keys: bool = True,
         pos_scale: float = 1.0,
         tie_qk_init: bool = False,
+        distance_scales: DistanceScales | None = None,
     ) -> None:
         super().__init__()
         kv_in_dim = kv_in_dim if kv_in_dim is not None else d_model
@@ -334,13 +424,19 @@ class MemoryAttention(nn.Module):
             pos_enc_at_attn=pos_enc_at_attn,
             pos_enc_at_cross_attn_queries=pos_enc_at_cross_attn_queries,
             pos_enc_at_cross_attn_keys=pos_enc_at_cross_attn_keys,
+            distance_bias=distance_scales is not None,
         )
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
         self.pos_scale = float(pos_scale)
         self.tie_qk_init = tie_qk_init
+        self.distance_scales = distance_scales
         if tie_qk_init:
             self._tie_cross_attention_qk()
+
+    @property
+    def distance_bias(self) -> bool:
+        return self.distance_scales is not None
 
     def _tie_cross_attention_qk(self) -> None:
         with torch.no_grad():
@@ -355,6 +451,10 @@ class MemoryAttention(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.LayerNorm)):
                 m.reset_parameters()
+        with torch.no_grad():
+            for layer in self.layers:
+                if layer.place_gain is not None:
+                    layer.place_gain.fill_(1.0)
         if self.tie_qk_init:
             self._tie_cross_attention_qk()
 
@@ -369,6 +469,7 @@ class MemoryAttention(nn.Module):
         memory_valid: torch.Tensor | None = None,
         image_valid: torch.Tensor | None = None,
         points_valid: torch.Tensor | None = None,
+        places: AttentionPlaces | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Conditions the current tokens of both modalities on the memory.
 
@@ -384,6 +485,7 @@ class MemoryAttention(nn.Module):
             memory_valid: (B, L) bool, True for real memory tokens (None: all real).
             image_valid, points_valid: (B or 1, N) bool, True for real current tokens (None: all
                 real). Padded query rows come out finite but meaningless.
+            places: where every token is (required with ``distance_scales``, ignored without).
 
         Returns:
             (image_out (B, N_img, C) or None, points_out (B, N_pts, C) or None).
@@ -413,6 +515,15 @@ class MemoryAttention(nn.Module):
         extra = [None] * len(queries)
         if self.cross_modal and len(queries) == 2:
             extra = [queries[1], queries[0]]
+        distances: list[torch.Tensor | None] = [None] * len(queries)
+        if self.distance_scales is not None:
+            if places is None:
+                raise ValueError("MCMA with distance_scales needs the tokens' places")
+            distances = places.distances(
+                [image is not None, points is not None], memory.shape[1], self.distance_scales
+            )
+            if len(places.memory) != b:
+                raise ValueError(f"places of {len(places.memory)} memories for {b} objects")
         key_valid: list[torch.Tensor | None] = []
         for e in extra:
             if e is None:
@@ -458,7 +569,9 @@ class MemoryAttention(nn.Module):
                     v = torch.cat([v, _batch_to(ov, b)], dim=2)
                 tgt_b = _batch_to(tgt, b)
                 pos_b = _batch_to(pos, b)
-                tgt = layer.forward_cross_attention(tgt_b, pos_b, k, v, key_valid[qi])
+                tgt = layer.forward_cross_attention(
+                    tgt_b, pos_b, k, v, key_valid[qi], distances[qi]
+                )
                 outputs[qi] = layer.forward_ffn(tgt)
         normed = [self.norm(x) for x in outputs]
 
@@ -632,6 +745,7 @@ def pack_memories(
 
 __all__ = [
     "Attention",
+    "AttentionPlaces",
     "MemoryAttention",
     "MemoryAttentionLayer",
     "add_no_memory_embedding",

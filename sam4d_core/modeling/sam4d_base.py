@@ -82,6 +82,7 @@ from sam4d_core.modeling.backbones.image_encoder import (
 from sam4d_core.modeling.backbones.minkunet import MinkUNetBackbone
 from sam4d_core.modeling.configs import SAM4DConfig, get_config
 from sam4d_core.modeling.memory_attention import (
+    AttentionPlaces,
     MemoryAttention,
     pack_memories,
     register_memory_parameters,
@@ -113,6 +114,12 @@ from sam4d_core.modeling.sparse.voxelize import (
     points_to_voxel_index,
     pool_points_to_voxels,
     sam4d_voxelize,
+)
+from sam4d_core.modeling.token_places import (
+    PlaceSegment,
+    image_token_places,
+    lidar_token_places,
+    unplaced,
 )
 from sam4d_core.modeling.umpe import UMPE, invert_rigid, relative_ego_motion
 
@@ -616,6 +623,7 @@ class SAM4D(nn.Module):
             pos_enc_at_cross_attn_queries=mac.pos_enc_at_cross_attn_queries,
             pos_scale=mac.pos_scale,
             tie_qk_init=mac.tie_qk_init,
+            distance_scales=mac.distance_scales(),
         )
         mec = cfg.memory_encoder
         memory_encoder = nn.ModuleDict()
@@ -996,7 +1004,13 @@ class SAM4D(nn.Module):
                 # A dummy one-token memory (SAM2 without directly_add_no_mem_embed).
                 mem = self.no_mem_embed.reshape(1, 1, c).expand(len(without), 1, c)
                 pos = self.no_mem_pos_enc.reshape(1, 1, c).expand(len(without), 1, c)
-                ia, pa = self.memory_attention(cur_img, cur_img_pos, cur_pts, cur_pts_pos, mem, pos)
+                places = None
+                if self.memory_attention.distance_bias:
+                    no_place = [unplaced(1)]
+                    places = self.current_places(features, [no_place] * len(without))
+                ia, pa = self.memory_attention(
+                    cur_img, cur_img_pos, cur_pts, cur_pts_pos, mem, pos, places=places
+                )
                 if out_img is not None:
                     out_img[idx] = ia.to(out_img.dtype)
                 if out_pts is not None:
@@ -1009,8 +1023,15 @@ class SAM4D(nn.Module):
             )
             if not use_reference_paths() and bool(valid.all()):
                 valid = None  # no padding (e.g. one object): attention without a key mask
+            places = None
+            if self.memory_attention.distance_bias:
+                selected = [memories[i] for i in with_mem]
+                places = self.current_places(
+                    features,
+                    self.memory_places(features.geometry, selected),  # type: ignore[arg-type]
+                )
             ia, pa = self.memory_attention(
-                cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid
+                cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid, places=places
             )
             if out_img is not None:
                 out_img[idx] = ia.to(out_img.dtype)
@@ -1024,6 +1045,68 @@ class SAM4D(nn.Module):
             img_out = out_img.reshape(b, n, h * w, c).transpose(2, 3).reshape(b, n, c, h, w)
         return img_out, out_pts
 
+    def _memory_motion(
+        self, geometry: FrameGeometry, current_pose: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``T_rel`` (4, 4) float32 from a memory's frame to the current one, or None without
+        ``use_ego_pose_in_pe``."""
+        if not self.config.use_ego_pose_in_pe:
+            return None
+        return relative_ego_motion(
+            current_pose.to(torch.float64), geometry.pose.to(current_pose.device, torch.float64)
+        ).float()
+
+    def current_places(
+        self, features: FrameFeatures, memory: Sequence[Sequence[PlaceSegment]]
+    ) -> AttentionPlaces:
+        """Places of the current frame's tokens (for MCMA's distance bias) with the memories'."""
+        img, lid = features.image, features.lidar
+        image = points = None
+        if img is not None:
+            image = image_token_places(
+                img.K, img.lidar_from_cam, img.grid_size, self.config.backbone_stride
+            )
+        if lid is not None:
+            points = [lidar_token_places(lid.token_xyz)]
+        return AttentionPlaces(image=image, points=points, memory=memory)
+
+    def memory_places(
+        self, geometry: FrameGeometry, memories: Sequence[ObjectMemoryInput]
+    ) -> list[list[PlaceSegment]]:
+        """Per object, the places of its memory tokens in :meth:`gather_memory`'s order, moved
+        into the current frame (segments of one past frame are shared by all objects)."""
+        cache: dict[FrameGeometry, tuple[list[PlaceSegment] | None, PlaceSegment | None]] = {}
+        grid = self.config.grid_size
+        out: list[list[PlaceSegment]] = []
+        for m in memories:
+            segs: list[PlaceSegment] = []
+            for mem, _ in m.slots:
+                geom = mem.geometry
+                if geom not in cache:
+                    t_rel = self._memory_motion(geom, geometry.pose)
+                    rays = pts = None
+                    if geom.camera_K is not None and geom.lidar_from_cam is not None:
+                        rays = image_token_places(
+                            geom.camera_K.to(self.device),
+                            geom.lidar_from_cam.to(self.device),
+                            grid,
+                            self.config.backbone_stride,
+                            t_rel,
+                        )
+                    if geom.token_xyz is not None:
+                        pts = lidar_token_places(geom.token_xyz, t_rel)
+                    cache[geom] = (rays, pts)
+                rays, pts = cache[geom]
+                if mem.image_tokens is not None and rays is not None:
+                    segs.extend(rays)
+                if mem.lidar_tokens is not None and pts is not None:
+                    segs.append(pts)
+            n_ptr = sum(mem.obj_ptrs.shape[0] for mem, _ in m.pointers)
+            if n_ptr:
+                segs.append(unplaced(n_ptr))
+            out.append(segs)
+        return out
+
     def memory_positional_encodings(
         self, geometry: FrameGeometry, current_pose: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -1033,11 +1116,7 @@ class SAM4D(nn.Module):
             image (Ncam * h * w, C) (cameras in their order, then row-major cells) or None,
             LiDAR (N16, C) or None. Without ``use_ego_pose_in_pe`` no motion is applied.
         """
-        t_rel = None
-        if self.config.use_ego_pose_in_pe:
-            t_rel = relative_ego_motion(
-                current_pose.to(torch.float64), geometry.pose.to(current_pose.device, torch.float64)
-            ).float()
+        t_rel = self._memory_motion(geometry, current_pose)
         img_pe = pts_pe = None
         c = self.hidden_dim
         if geometry.camera_K is not None:
