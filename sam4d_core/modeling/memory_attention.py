@@ -56,12 +56,7 @@ from torch import nn
 from torch.nn.init import trunc_normal_
 
 from sam4d_core.modeling.memory_encoder import build_mask_downsample_img, build_mask_downsample_pts
-from sam4d_core.modeling.token_places import (
-    DistanceScales,
-    DistanceTable,
-    PlaceSegment,
-    segments_count,
-)
+from sam4d_core.modeling.token_places import DistanceScales, DistanceTable, PlaceSegment
 
 
 class Attention(nn.Module):
@@ -125,7 +120,8 @@ class Attention(nn.Module):
             q: (B, H, Nq, d); k, v: (B, H, Nk, d) (batch sizes must match).
             key_valid: optional (B, Nk) bool, True for real keys. A query whose keys are all
                 padding gets a zero update (instead of SDPA's NaN).
-            bias: optional (B or 1, H or 1, Nq, Nk) float added to the attention logits.
+            bias: optional (B or 1, H or 1, Nq, Nk) float added to the attention logits; this
+                call may overwrite it (padded keys set to -inf).
 
         Returns:
             (B, Nq, embedding_dim) after ``out_proj``.
@@ -140,7 +136,9 @@ class Attention(nn.Module):
             mask = safe[:, None, None, :]
         if bias is not None:
             bias = bias.to(q.dtype)
-            if mask is not None:
+            if mask is not None and mask.shape[0] == bias.shape[0]:
+                bias = bias.masked_fill_(~mask, float("-inf"))  # no second Nq x Nk tensor
+            elif mask is not None:
                 bias = torch.where(mask, bias, float("-inf"))
             mask = bias
         p = self.dropout_p if self.training else 0.0
@@ -219,12 +217,18 @@ class MemoryAttentionLayer(nn.Module):
         if distance_bias:
             self.place_gain = nn.Parameter(torch.ones(num_heads))
 
-    def distance_logits(self, distances: torch.Tensor) -> torch.Tensor:
-        """(B or 1, Nq, Nk) normalised distances -> (B or 1, H, Nq, Nk) logit bias."""
+    def distance_logits(
+        self, distances: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B or 1, Nq, Nk) normalised distances -> (B or 1, H, Nq, Nk) logit bias, written into
+        ``out`` when given (a buffer reused by every layer at inference: a fresh tensor of the
+        attention matrix's size costs more than the multiplication)."""
         if self.place_gain is None:
             raise ValueError("this layer was built without distance_bias")
-        gain = self.place_gain.clamp(min=0.0).to(distances.dtype)
-        return -gain[None, :, None, None] * distances[:, None]
+        gain = -self.place_gain.clamp(min=0.0).to(distances.dtype)[None, :, None, None]
+        if out is None:
+            return distances[:, None] * gain
+        return torch.mul(distances[:, None], gain, out=out)
 
     def forward_self_attention(
         self, tgt: torch.Tensor, query_pos: torch.Tensor, valid: torch.Tensor | None
@@ -249,13 +253,14 @@ class MemoryAttentionLayer(nn.Module):
         v: torch.Tensor,
         key_valid: torch.Tensor | None,
         distances: torch.Tensor | None = None,
+        bias_buffer: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pre-norm cross-attention block on projected keys/values (B, H, Nk, d); ``distances``
-        (B or 1, Nq, Nk) for the distance bias."""
+        (B or 1, Nq, Nk) for the distance bias (``bias_buffer``: see :meth:`distance_logits`)."""
         x = self.norm2(tgt)
         q = x + query_pos if self.pos_enc_at_cross_attn_queries else x
         q = self.cross_attn_image.project_q(q)
-        bias = None if distances is None else self.distance_logits(distances)
+        bias = None if distances is None else self.distance_logits(distances, bias_buffer)
         return tgt + self.dropout2(self.cross_attn_image.attend(q, k, v, key_valid, bias))
 
     def forward_ffn(self, tgt: torch.Tensor) -> torch.Tensor:
@@ -334,11 +339,9 @@ class AttentionPlaces:
             for segs in self.memory:
                 layout = tuple(id(s) for s in segs)
                 if layout not in per_layout:
-                    d = table.matrix(q, segs, length)
                     other = mods[1 - qi]
-                    if cross and other is not None:
-                        d = torch.cat([d, table.matrix(q, other, segments_count(other))], dim=1)
-                    per_layout[layout] = d
+                    extra = other if cross and other is not None else ()
+                    per_layout[layout] = table.matrix(q, segs, length, extra)
                 rows.append(per_layout[layout])
             if len(per_layout) == 1:
                 out.append(rows[0][None])  # one layout: broadcast over objects
@@ -524,6 +527,13 @@ class MemoryAttention(nn.Module):
             )
             if len(places.memory) != b:
                 raise ValueError(f"places of {len(places.memory)} memories for {b} objects")
+        buffers: list[torch.Tensor | None] = [None] * len(queries)
+        if not torch.is_grad_enabled():
+            heads = self.layers[0].cross_attn_image.num_heads
+            buffers = [
+                None if d is None else d.new_empty(d.shape[0], heads, *d.shape[1:])
+                for d in distances
+            ]
         key_valid: list[torch.Tensor | None] = []
         for e in extra:
             if e is None:
@@ -570,7 +580,7 @@ class MemoryAttention(nn.Module):
                 tgt_b = _batch_to(tgt, b)
                 pos_b = _batch_to(pos, b)
                 tgt = layer.forward_cross_attention(
-                    tgt_b, pos_b, k, v, key_valid[qi], distances[qi]
+                    tgt_b, pos_b, k, v, key_valid[qi], distances[qi], buffers[qi]
                 )
                 outputs[qi] = layer.forward_ffn(tgt)
         normed = [self.norm(x) for x in outputs]

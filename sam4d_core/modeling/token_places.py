@@ -152,21 +152,25 @@ def segment_distance(q: PlaceSegment, k: PlaceSegment, scales: DistanceScales) -
         ref = q.xyz if q.xyz is not None else k.xyz
         dev = ref.device if ref is not None else None
         return torch.full((q.count, k.count), scales.unplaced, device=dev)
+    # In-place arithmetic on the one (q.count, k.count) result: these blocks are as large as the
+    # attention matrix, and every temporary costs an allocation of that size.
     if q.kind == "points" and k.kind == "points":
         assert q.xyz is not None and k.xyz is not None
-        d = torch.cdist(q.xyz, k.xyz).square() / scales.sigma_m**2
+        d = torch.cdist(q.xyz, k.xyz).square_().mul_(1.0 / scales.sigma_m**2)
     else:
         if q.kind == "rays" and k.kind == "rays":
             assert q.directions is not None and k.directions is not None
-            cos = q.directions @ k.directions.T
+            d = q.directions @ k.directions.T
         elif q.kind == "rays":
             assert q.directions is not None and q.xyz is not None and k.xyz is not None
-            cos = q.directions @ F.normalize(k.xyz - q.xyz, dim=-1).T
+            d = q.directions @ F.normalize(k.xyz - q.xyz, dim=-1).T
         else:
             assert k.directions is not None and k.xyz is not None and q.xyz is not None
-            cos = F.normalize(q.xyz - k.xyz, dim=-1) @ k.directions.T
-        d = 2.0 * (1.0 - cos) / scales.sigma_rad**2
-    return d.clamp(0.0, scales.maximum)
+            d = F.normalize(q.xyz - k.xyz, dim=-1) @ k.directions.T
+        # cos -> 2 (1 - cos) / sigma^2
+        inv = 2.0 / scales.sigma_rad**2
+        d.mul_(-inv).add_(inv)
+    return d.clamp_(0.0, scales.maximum)
 
 
 class DistanceTable:
@@ -182,25 +186,44 @@ class DistanceTable:
             self._blocks[key] = segment_distance(q, k, self.scales)
         return self._blocks[key]
 
-    def rows(self, queries: Sequence[PlaceSegment], k: PlaceSegment) -> torch.Tensor:
-        """(sum of query counts, k.count)."""
-        return torch.cat([self.block(q, k) for q in queries], dim=0)
+    def fill(
+        self,
+        out: torch.Tensor,
+        queries: Sequence[PlaceSegment],
+        keys: Sequence[PlaceSegment],
+        start: int = 0,
+    ) -> int:
+        """Writes the distances of ``queries`` (rows) to ``keys`` into ``out`` (Nq, N) from
+        column ``start`` on; returns the column after the last key."""
+        col = start
+        for k in keys:
+            row = 0
+            for q in queries:
+                out[row : row + q.count, col : col + k.count] = self.block(q, k)
+                row += q.count
+            col += k.count
+        return col
 
     def matrix(
-        self, queries: Sequence[PlaceSegment], keys: Sequence[PlaceSegment], length: int
+        self,
+        queries: Sequence[PlaceSegment],
+        keys: Sequence[PlaceSegment],
+        length: int,
+        extra: Sequence[PlaceSegment] = (),
     ) -> torch.Tensor:
-        """(Nq, length): the keys' columns, then ``maximum`` for padding columns (they are masked
-        out of attention anyway)."""
-        cols = [self.rows(queries, k) for k in keys]
-        n = sum(c.shape[1] for c in cols)
+        """(Nq, length + extra's count): the keys' columns, ``maximum`` for padding columns up to
+        ``length`` (they are masked out of attention anyway), then the ``extra`` keys."""
+        n = segments_count(keys)
         if n > length:
             raise ValueError(f"{n} placed keys for a key length of {length}")
-        if n < length:
-            nq = sum(q.count for q in queries)
-            ref = cols[0] if cols else None
-            dev = ref.device if ref is not None else None
-            cols.append(torch.full((nq, length - n), self.scales.maximum, device=dev))
-        return torch.cat(cols, dim=1)
+        ref = next((s.xyz for s in (*queries, *keys, *extra) if s.xyz is not None), None)
+        dev = ref.device if ref is not None else None
+        nq = segments_count(queries)
+        out = torch.empty(nq, length + segments_count(extra), device=dev)
+        self.fill(out, queries, keys)
+        out[:, n:length] = self.scales.maximum
+        self.fill(out, queries, extra, length)
+        return out
 
 
 def segments_count(segments: Sequence[PlaceSegment]) -> int:
