@@ -11,6 +11,7 @@ sample is absent): every output within 1e-4 of the reference.
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -405,3 +406,24 @@ def test_packed_conv_under_autocast_and_with_gradients() -> None:
     out = sparse_conv3d(SparseTensor(feats, coords, 1), kernel, 3, impl="packed")
     out.feats.sum().backward()
     assert feats.grad is not None and feats.grad.abs().sum() > 0
+
+
+def test_tracker_benchmark_times_the_model_a_checkpoint_embeds(tmp_path) -> None:
+    """``--config model.pt`` times the checkpoint's own config (the bundled model has MCMA's
+    distance bias, which sam4d_small does not): the table says which model ran."""
+    from sam4d_core.checkpoint import save_checkpoint
+    from sam4d_core.modeling.configs import get_config
+    from sam4d_core.modeling.sam4d_base import SAM4D
+    from sam4d_core.tracking import benchmark
+
+    cfg = get_config("sam4d_tiny")
+    cfg.memory_attention.distance_bias = True
+    path = tmp_path / "db.pt"
+    save_checkpoint(SAM4D(cfg), path)
+    frames = _frames(3)
+    log = io.StringIO()
+    run = benchmark.run_config(str(path), "cpu", frames, [1], [1], steps=1, warmup=1, log=log)
+    (case,) = run["cases"]
+    assert run["config"] == str(path) and case["median_ms"]["memory_attention"] > 0
+    assert run["model_config"]["memory_attention"]["distance_bias"] is True
+    assert "1 object(s), 1 camera(s)" in log.getvalue()

@@ -410,7 +410,7 @@ def test_every_named_config_loads() -> None:
         load_train_config(name)
     stage1 = load_train_config("sam4d_small_synthetic")
     released = {"coord_scale": 1.0, "sine_scale": None, "temperature": 10000.0}
-    for k in range(2, 17):
+    for k in range(2, 18):
         cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
         assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
         # Inherited from stage 1 through ``base:`` (the stages list only what they change).
@@ -445,6 +445,8 @@ def test_every_named_config_loads() -> None:
     stage16 = load_train_config("sam4d_small_synthetic_stage16")
     assert model_config(stage16).memory_attention.distance_bias and not stage16.reinit
     assert (stage16.freeze, stage16.val.prompt) == (stage15.freeze, "click")
+    stage17 = load_train_config("sam4d_small_synthetic_stage17")
+    assert (stage17.data.clip_length, stage17.freeze) == (4, stage15.freeze)
     stage14 = load_train_config("sam4d_small_synthetic_stage14")
     assert (stage14.data.clip_length, stage14.prompts.prob_mask, stage14.val.prompt) == (
         2,

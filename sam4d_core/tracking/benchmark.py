@@ -3,7 +3,9 @@
     python -m sam4d_core.tracking.benchmark [--config sam4d_small] [--device cpu|cuda]
                                             [--json PATH]
 
-For each config (repeat ``--config``): the reference case (1 camera, a 30k-point sweep, 1 object),
+For each config (repeat ``--config``; a registered name, a JSON config file, or a checkpoint,
+whose embedded config is timed: ``sam4d_core/weights/sam4d_small_synthetic.pt`` for the bundled
+model): the reference case (1 camera, a 30k-point sweep, 1 object),
 then the growth with objects (1, 4, 16; 1 camera) and with cameras (1, 3, 6; 1 object). Stages
 are the tracker's ``StepResult.timings_ms`` (image encoder, LiDAR encoder, memory attention,
 decoder, memory encoder, postprocess: masks at camera resolution and per point, total step),
@@ -43,7 +45,7 @@ import torch
 
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.sequence import Frame
-from sam4d_core.modeling.configs import CONFIGS, get_config
+from sam4d_core.modeling.configs import CONFIGS, config_to_dict, get_config
 from sam4d_core.modeling.reference_paths import reference_paths
 from sam4d_core.modeling.sam4d_base import SAM4D, set_stage_clock
 from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
@@ -188,7 +190,10 @@ def run_config(
     log: Any = sys.stdout,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = build_sam4d(name, device=device)
+    if name.endswith(".pt"):  # a checkpoint: the model it embeds, with its weights
+        model = build_sam4d(checkpoint=name, device=device)
+    else:
+        model = build_sam4d(name, device=device)
     cases = []
     plan = [(1, 1)] + [(o, 1) for o in objects if o != 1] + [(1, c) for c in cameras if c != 1]
     for n_obj, n_cam in plan:
@@ -203,7 +208,12 @@ def run_config(
             file=log,
             flush=True,
         )
-    return {"config": name, "device": str(model.device), "cases": cases}
+    return {
+        "config": name,
+        "model_config": config_to_dict(model.config),  # what ran (a checkpoint embeds its own)
+        "device": str(model.device),
+        "cases": cases,
+    }
 
 
 def format_tables(result: dict[str, Any]) -> str:
@@ -236,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", action="append", help="config(s) to time (default sam4d_small)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        help="config(s) to time: a registered name, a JSON config or a .pt checkpoint (its "
+        "embedded config, e.g. the bundled model's); default sam4d_small",
+    )
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument(
