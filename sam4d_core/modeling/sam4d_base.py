@@ -63,6 +63,7 @@ Gradient mode is the caller's: wrap inference in ``torch.inference_mode()``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -984,6 +985,8 @@ class SAM4D(nn.Module):
             cur_pts = lid.tokens[None]
             cur_pts_pos = lid.pe[None]
 
+        # The current tokens' places (distance bias), computed once for both attention calls.
+        now = self.current_places(features, []) if self.memory_attention.distance_bias else None
         with_mem = [i for i, m in enumerate(memories) if m is not None and not m.is_empty]
         without = [i for i in range(b) if i not in set(with_mem)]
         # Results are cast to these buffers' dtype: under autocast, attention outputs and
@@ -1005,9 +1008,8 @@ class SAM4D(nn.Module):
                 mem = self.no_mem_embed.reshape(1, 1, c).expand(len(without), 1, c)
                 pos = self.no_mem_pos_enc.reshape(1, 1, c).expand(len(without), 1, c)
                 places = None
-                if self.memory_attention.distance_bias:
-                    no_place = [unplaced(1)]
-                    places = self.current_places(features, [no_place] * len(without))
+                if now is not None:
+                    places = dataclasses.replace(now, memory=[[unplaced(1)]] * len(without))
                 ia, pa = self.memory_attention(
                     cur_img, cur_img_pos, cur_pts, cur_pts_pos, mem, pos, places=places
                 )
@@ -1024,12 +1026,10 @@ class SAM4D(nn.Module):
             if not use_reference_paths() and bool(valid.all()):
                 valid = None  # no padding (e.g. one object): attention without a key mask
             places = None
-            if self.memory_attention.distance_bias:
+            if now is not None:
                 selected = [memories[i] for i in with_mem]
-                places = self.current_places(
-                    features,
-                    self.memory_places(features.geometry, selected),  # type: ignore[arg-type]
-                )
+                mem_places = self.memory_places(features.geometry, selected)  # type: ignore[arg-type]
+                places = dataclasses.replace(now, memory=mem_places)
             ia, pa = self.memory_attention(
                 cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid, places=places
             )
