@@ -406,11 +406,13 @@ def test_batched_objects_equal_one_at_a_time(model: SAM4D) -> None:
             _assert_outputs_close(sub, single)
             assert sub.multimask.tolist() == single.multimask.tolist()
             mem = model.encode_memory(f2, single)[0]
+            # Batched and single runs sum in different orders; through the decoder and the
+            # memory encoder that reaches ~2e-5 on some CPUs (seen on an AVX-512 Xeon).
             torch.testing.assert_close(
-                mem.image_tokens, batched_mem[i].image_tokens, atol=1e-5, rtol=1e-4
+                mem.image_tokens, batched_mem[i].image_tokens, atol=5e-5, rtol=1e-3
             )
             torch.testing.assert_close(
-                mem.lidar_tokens, batched_mem[i].lidar_tokens, atol=1e-5, rtol=1e-4
+                mem.lidar_tokens, batched_mem[i].lidar_tokens, atol=5e-5, rtol=1e-3
             )
     assert batched.multimask.tolist() == [True, False, True, True, True]  # max clicks per view
     assert batched.mask_as_output.tolist() == [False, False, False, False, True]
