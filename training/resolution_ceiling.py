@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from sam4d_core.data.sequence import IGNORE_ID, Frame, Sequence
+from sam4d_core.evaluation.first_frame_prompts import ObjectVisibility
 from sam4d_core.evaluation.metrics import iou_counts
 from sam4d_core.evaluation.streaming_eval import EvalConfig, candidate_objects, select_objects
 from sam4d_core.modeling.configs import SAM4DConfig, load_config
@@ -163,8 +164,9 @@ def sequence_ceilings(
     sequence: Sequence, config: SAM4DConfig, eval_config: EvalConfig
 ) -> list[ObjectCeiling]:
     """The ceilings of the evaluation's candidate objects of ``sequence``."""
-    cands = candidate_objects(sequence, eval_config)
-    selected, _ = select_objects(sequence, eval_config)
+    vis = ObjectVisibility(sequence)  # one pass over the frames, shared by both selections
+    cands = candidate_objects(sequence, eval_config, vis)
+    selected, _ = select_objects(sequence, eval_config, visibility=vis)
     per: dict[int, tuple[list[float], list[float]]] = {o: ([], []) for o in cands}
     for frame in sequence.frames:
         for oid, (image, lidar) in frame_ceilings(frame, cands, config).items():
