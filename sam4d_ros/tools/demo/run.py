@@ -152,6 +152,7 @@ def run(
         counters = session.processing_values()
         player.close()
         player = None
+        _wait_recorder_quiet(recorder)
         recorder.stop()
         recorder = None
         played = summary.messages.get(info.lidar_topic, 0)
@@ -220,6 +221,21 @@ def _wait_for(predicate: Any, player: Any, stop: threading.Event) -> None:
         if not player.running:
             return
         time.sleep(0.005)
+
+
+def _wait_recorder_quiet(recorder: Any, quiet_s: float = 0.5, timeout_s: float = 5.0) -> None:
+    """Until the recorder's per-topic counts stop changing: our session saw the last outputs,
+    but the recorder is another subscriber and its last messages may still be in flight."""
+    deadline = time.monotonic() + timeout_s
+    last = dict(recorder.messages)
+    quiet_until = time.monotonic() + quiet_s
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = dict(recorder.messages)
+        if now != last:
+            last, quiet_until = now, time.monotonic() + quiet_s
+        elif time.monotonic() >= quiet_until:
+            return
 
 
 def _wait_idle(session: DemoSession, info: BagInfo, stop: threading.Event) -> None:
