@@ -586,3 +586,85 @@ def test_a_config_lists_only_what_it_changes_from_its_base(tmp_path: Path) -> No
     (tmp_path / "bad.yaml").write_text("base: [tiny_test]\n")
     with pytest.raises(ValueError, match="config name or a YAML path"):
         load_train_config(tmp_path / "bad.yaml")
+
+
+def test_budget_total_steps() -> None:
+    """A time-budgeted run's length: what fits in the remaining time, within the upper bound,
+    and a spent budget ends the run at the current step."""
+    from training.train import budget_total_steps
+
+    assert budget_total_steps(10, remaining_s=50.0, step_s=0.5, upper=1000) == 110
+    assert budget_total_steps(10, remaining_s=50.0, step_s=0.01, upper=1000) == 1000
+    assert budget_total_steps(10, remaining_s=0.2, step_s=0.5, upper=1000) == 10
+    assert budget_total_steps(10, remaining_s=-3.0, step_s=0.5, upper=1000) == 10
+
+
+def test_a_time_budget_ends_the_run_and_saves(tmp_path: Path) -> None:
+    """With a budget far below ``steps``, the run stops on its own, saves its weights and says
+    how far it got; the schedule was fitted to the steps it made (lr decayed to its end)."""
+    cfg = _tiny_cfg(steps=100000, time_budget_s=0.5, ckpt_every=100000)
+    trainer = Trainer(cfg, tmp_path / "run", device="cpu", use_tensorboard=False, quiet=True)
+    records = trainer.fit()
+    assert 1 <= len(records) < 100000
+    assert (tmp_path / "run" / "model_final.pt").is_file()
+    assert trainer.cfg.steps == trainer.step == len(records)
+
+
+def test_a_recipe_runs_its_phases_in_order(tmp_path: Path) -> None:
+    """``phases``: each phase trains from the previous one's weights in its own folder with its
+    own settings; the recipe's result is the last phase's; a second call skips finished phases."""
+    from training.config import phase_configs
+    from training.train import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "base: tiny_test\n"
+        "phases:\n"
+        "  - name: one\n"
+        "    steps: 2\n"
+        "  - name: two\n"
+        "    steps: 1\n"
+        "    data:\n"
+        "      clip_length: 1\n"
+        "    optim:\n"
+        "      lr: 1.0e-4\n"
+    )
+    phases = phase_configs(load_train_config(recipe))
+    assert [n for n, _ in phases] == ["one", "two"]
+    assert (phases[0][1].data.clip_length, phases[1][1].data.clip_length) == (2, 1)
+    assert phases[1][1].optim.lr == 1e-4 and phases[1][1].phases is None
+    out = tmp_path / "out"
+    args = ["--config", str(recipe), "--out", str(out), "--device", "cpu", "--no-tensorboard"]
+    assert main(args) == 0
+    two = load_train_config(out / "two" / "config.yaml")
+    assert two.init_checkpoint == str(out / "one" / "model_final.pt")
+    assert two.steps == 1 and two.data.clip_length == 1
+    final = read_checkpoint(out / "model_final.pt").state_dict
+    last = read_checkpoint(out / "two" / "model_final.pt").state_dict
+    first = read_checkpoint(out / "one" / "model_final.pt").state_dict
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    stamp = (out / "two" / "model_final.pt").stat().st_mtime_ns
+    assert main(args) == 0  # both phases done before: nothing trains again
+    assert (out / "two" / "model_final.pt").stat().st_mtime_ns == stamp
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny_test\nphases:\n  - steps: 2\n")
+    with pytest.raises(ValueError, match="plain name"):
+        phase_configs(load_train_config(bad))
+
+
+def test_init_from_weights_of_another_input_size(tmp_path: Path) -> None:
+    """The image input size is a free choice when starting from trained weights: Hiera's
+    position embeddings interpolate, and the UMPE frustum (derived from the size) is redrawn."""
+    src = SAM4D(get_config("sam4d_tiny"))
+    path = save_checkpoint(src, tmp_path / "tiny.pt")
+    cfg = _tiny_cfg(init_checkpoint=str(path))
+    cfg.model_overrides = {"image": {"image_size": [128, 192]}}
+    model = build_model(cfg, torch.device("cpu"))
+    own = SAM4D(model_config(cfg)).state_dict()
+    key = "union_pe_func.union_pe_layer.frustum"
+    assert model.state_dict()[key].shape == own[key].shape != src.state_dict()[key].shape
+    torch.testing.assert_close(model.state_dict()[key], own[key])
+    for k, v in src.state_dict().items():
+        if k != key:
+            torch.testing.assert_close(model.state_dict()[k], v)

@@ -275,6 +275,14 @@ class TrainConfig:
             config's, 0.1). On the CPU, attention with dropout takes PyTorch's slow path (about
             8x the cost of the attention without it), so CPU runs use 0.
         deterministic: ``torch.use_deterministic_algorithms`` (bitwise resume on GPU).
+        time_budget_s: wall-clock budget of the run (0: none). The run's length in steps is then
+            re-estimated from the measured step time (first after ``BUDGET_PROBE_STEPS`` steps,
+            then every ``log_every`` steps) so that the learning-rate schedule ends when the
+            budget does; ``steps`` is the upper bound. For a GPU lent for a fixed time.
+        phases: a recipe of several runs in one config (None: a single run). Each entry is a
+            mapping with a ``name`` and the settings that phase changes, laid over this config
+            (:func:`merge_config_data`); phase k starts from phase k-1's trained weights
+            (:func:`phase_configs`).
     """
 
     model: str = "sam4d_small"
@@ -291,6 +299,8 @@ class TrainConfig:
     num_threads: int = 0
     dropout: float | None = None
     deterministic: bool = False
+    time_budget_s: float = 0.0
+    phases: list[dict[str, Any]] | None = None
     data: DataConfig = field(default_factory=DataConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -307,7 +317,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-RESUME_MAY_CHANGE = ("steps", "num_threads", "data.num_workers")
+RESUME_MAY_CHANGE = ("steps", "num_threads", "data.num_workers", "time_budget_s")
 """Settings a resumed run may change (machine settings, and the length of the run)."""
 
 
@@ -480,6 +490,28 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     return from_dict(TrainConfig, data)
 
 
+def phase_configs(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """The runs of a recipe, in order: ``(phase name, its config)`` with the phase's settings
+    laid over ``cfg`` (without ``phases``). A phase's ``init_checkpoint`` is left to the caller
+    (the previous phase's weights). A config without phases is one unnamed run."""
+    if not cfg.phases:
+        return [("", cfg)]
+    base = to_dict(cfg)
+    base.pop("phases")
+    out: list[tuple[str, TrainConfig]] = []
+    for i, phase in enumerate(cfg.phases):
+        changes = dict(phase)
+        name = changes.pop("name", None)
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"phases[{i}]: every phase needs a plain name, got {name!r}")
+        if "phases" in changes:
+            raise ValueError(f"phases[{i}] ({name}): phases do not nest")
+        if any(n == name for n, _ in out):
+            raise ValueError(f"phases[{i}]: the name {name!r} is used twice")
+        out.append((name, from_dict(TrainConfig, merge_config_data(base, changes), f"{name}.")))
+    return out
+
+
 def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
@@ -502,6 +534,7 @@ __all__ = [
     "dump_yaml",
     "from_dict",
     "load_train_config",
+    "phase_configs",
     "merge_config_data",
     "named_configs",
     "read_config_data",

@@ -73,6 +73,7 @@ from .config import (
     load_train_config,
     merge_config_data,
     named_configs,
+    phase_configs,
     to_dict,
 )
 from .datasets import ClipDataset, ClipSample, build_dataset
@@ -144,16 +145,27 @@ def component_modules(model: SAM4D, names: list[str]) -> list[nn.Module]:
     return [modules[COMPONENT_PREFIXES[n].rstrip(".")] for n in names]
 
 
+DERIVED_GEOMETRY_KEYS = ("union_pe_func.union_pe_layer.frustum",)
+"""State-dict entries computed from the model config alone (the UMPE frustum follows the input
+size): an init checkpoint of another input size gives the new model its own values."""
+
+
 def init_state_dict(
     model: SAM4D, state_dict: dict[str, torch.Tensor], reinit: list[str]
 ) -> dict[str, torch.Tensor]:
     """``state_dict`` completed for ``model``: the keys of components about to be drawn anew
     may be missing (or extra) in the init checkpoint, e.g. parameters an option of the new
-    model config adds to MCMA. Everything else must still match exactly."""
+    model config adds to MCMA; derived geometry (:data:`DERIVED_GEOMETRY_KEYS`) of another
+    input size is recomputed. Everything else must still match exactly (Hiera's position
+    embeddings are interpolated to the token grid, so its weights fit any input size)."""
+    own = model.state_dict()
+    state_dict = dict(state_dict)
+    for key in DERIVED_GEOMETRY_KEYS:
+        if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
+            state_dict[key] = own[key]
     prefixes = tuple(COMPONENT_PREFIXES[name] for name in reinit)
     if not prefixes:
         return state_dict
-    own = model.state_dict()
     out = {k: v for k, v in state_dict.items() if not k.startswith(prefixes) or k in own}
     for k, v in own.items():
         if k.startswith(prefixes) and k not in out:
@@ -209,6 +221,20 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SAM4D:
     if cfg.dropout is not None:
         set_dropout(model.memory_attention, cfg.dropout)
     return model.to(device).train()
+
+
+BUDGET_WARMUP_STEPS = 3
+"""Steps of a time-budgeted run left out of the step-time estimate (allocator, kernel caches)."""
+BUDGET_PROBE_STEPS = 10
+"""Steps timed before a time-budgeted run first sets its length."""
+
+
+def budget_total_steps(step: int, remaining_s: float, step_s: float, upper: int) -> int:
+    """The step a run at ``step`` can reach in ``remaining_s`` seconds at ``step_s`` per step,
+    at most ``upper`` (and never before ``step``: a spent budget ends the run now)."""
+    if remaining_s <= 0 or step_s <= 0:
+        return step
+    return max(step, min(upper, step + int(remaining_s / step_s)))
 
 
 def set_dropout(module: nn.Module, p: float) -> None:
@@ -616,7 +642,9 @@ class Trainer:
                 file=sys.stderr,
             )
         records: list[StepRecord] = []
-        t_last = time.perf_counter()
+        t_last = t_start = time.perf_counter()
+        start_step, upper = self.step, total
+        probe: tuple[int, float] | None = None  # (step, time) after the first, slower steps
         while self.step < total:
             t0 = time.perf_counter()
             samples = next(data)
@@ -624,6 +652,21 @@ class Trainer:
             rec, scalars = self.train_step(samples)
             t2 = time.perf_counter()
             records.append(rec)
+            if cfg.time_budget_s > 0:
+                done = self.step - start_step
+                if probe is None and done == BUDGET_WARMUP_STEPS:
+                    probe = (self.step, t2)
+                if probe is not None and (
+                    self.step - probe[0] == BUDGET_PROBE_STEPS
+                    or (self.step - probe[0] > BUDGET_PROBE_STEPS and done % cfg.log_every == 0)
+                ):
+                    step_s = (t2 - probe[1]) / (self.step - probe[0])
+                    total = budget_total_steps(
+                        self.step, cfg.time_budget_s - (t2 - t_start), step_s, upper
+                    )
+                    cfg.steps = total  # the schedule's lambda reads it
+                elif t2 - t_start >= cfg.time_budget_s:
+                    total = cfg.steps = self.step
             if main:
                 frames = sum(s.num_frames for s in samples) * self.info.world_size
                 step_s = t2 - t_last
@@ -775,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
+    if cfg.phases:
+        return run_phases(cfg, args)
     if args.resume is True and not (args.out / "checkpoints" / "last.pt").is_file():
         print(f"error: nothing to resume in {args.out}", file=sys.stderr)
         return 2
@@ -791,12 +836,48 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     trainer = Trainer(cfg, args.out, args.device, False if args.no_tensorboard else None)
+    _train(trainer, args.resume)
+    return 0
+
+
+def _train(trainer: Trainer, resume: bool | str) -> bool:
+    """Fits with SIGTERM / SIGINT as stop requests; True when the run reached its end."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, trainer.request_stop)
     try:
-        trainer.fit(resume=args.resume)
+        trainer.fit(resume=resume)
     finally:
         trainer.close()
+    return not trainer._stop
+
+
+def run_phases(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    """A recipe (``cfg.phases``): each phase trains in ``OUT/<phase>/`` from the previous
+    phase's ``model_final.pt``; the last one's is copied to ``OUT/model_final.pt``. Run again
+    on the same OUT, finished phases are skipped and an interrupted one resumes."""
+    phases = phase_configs(cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.yaml").write_text(dump_yaml(cfg))
+    previous: Path | None = None
+    for name, phase_cfg in phases:
+        out = args.out / name
+        final = out / "model_final.pt"
+        if previous is not None:
+            phase_cfg.init_checkpoint = str(previous)
+        if final.is_file():
+            print(f"phase {name}: done before ({final})", file=sys.stderr)
+            previous = final
+            continue
+        print(f"phase {name}: training into {out}", file=sys.stderr)
+        resume = (out / "checkpoints" / "last.pt").is_file()
+        trainer = Trainer(phase_cfg, out, args.device, False if args.no_tensorboard else None)
+        if not _train(trainer, resume) or not final.is_file():
+            print(f"phase {name} stopped before its end; run again to resume", file=sys.stderr)
+            return 1
+        previous = final
+    assert previous is not None
+    shutil.copyfile(previous, args.out / "model_final.pt")
+    print(f"recipe done: {args.out / 'model_final.pt'}", file=sys.stderr)
     return 0
 
 
@@ -806,12 +887,14 @@ __all__ = [
     "StepRecord",
     "Trainer",
     "build_model",
+    "budget_total_steps",
     "build_parser",
     "init_distributed",
     "lr_factor",
     "main",
     "param_groups",
     "resolve_amp",
+    "run_phases",
 ]
 
 

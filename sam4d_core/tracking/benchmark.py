@@ -188,17 +188,30 @@ def run_config(
     steps: int,
     warmup: int,
     log: Any = sys.stdout,
+    amp: str = "off",
+    compile_image: bool = False,
 ) -> dict[str, Any]:
+    """Times ``name`` on ``device`` for each (objects, cameras) case; ``amp`` runs the steps
+    under autocast (bf16 / fp16), ``compile_image`` compiles the image encoder first."""
     torch.manual_seed(0)
     if name.endswith(".pt"):  # a checkpoint: the model it embeds, with its weights
         model = build_sam4d(checkpoint=name, device=device)
     else:
         model = build_sam4d(name, device=device)
+    if compile_image:
+        image = model.pure_model.backbone["image"]
+        model.pure_model.backbone["image"] = torch.compile(image)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    autocast = (
+        torch.autocast(model.device.type, dtype=dtypes[amp])
+        if amp in dtypes
+        else contextlib.nullcontext()
+    )
     cases = []
     plan = [(1, 1)] + [(o, 1) for o in objects if o != 1] + [(1, c) for c in cameras if c != 1]
     for n_obj, n_cam in plan:
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             case = run_case(model, frames, n_obj, n_cam, steps, warmup)
         case["wall_s"] = round(time.perf_counter() - t0, 1)
         cases.append(case)
@@ -212,8 +225,18 @@ def run_config(
         "config": name,
         "model_config": config_to_dict(model.config),  # what ran (a checkpoint embeds its own)
         "device": str(model.device),
+        "amp": amp,
+        "compile": compile_image,
         "cases": cases,
     }
+
+
+def _variant(run: dict[str, Any]) -> str:
+    """`` (bf16, compiled image encoder)`` style suffix of a run's title (empty for eager fp32)."""
+    parts = [run["amp"]] if run.get("amp", "off") != "off" else []
+    if run.get("compile"):
+        parts.append("compiled image encoder")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def format_tables(result: dict[str, Any]) -> str:
@@ -226,7 +249,8 @@ def format_tables(result: dict[str, Any]) -> str:
     for run in result["runs"]:
         lines += [
             "",
-            f"{run['config']} on {run['device']} ({result['data']}, {result['points']} points; "
+            f"{run['config']} on {run['device']}{_variant(run)} ({result['data']}, "
+            f"{result['points']} points; "
             f"median ms ({result.get('clock', 'wall')} clock) over {result['steps']} steps"
             f"{'; reference paths' if result.get('reference_paths') else ''})",
             "",
@@ -278,6 +302,17 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
         help="stage clock: wall time, or this process's CPU time (less sensitive to load)",
     )
     ap.add_argument("--reference", action="store_true", help="run the reference paths")
+    ap.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="autocast dtype of the tracker steps (CUDA; default off: fp32)",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image encoder (trunk + FPN) before timing",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,6 +341,8 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
         "torch_threads": torch.get_num_threads(),
         "clock": args.clock,
         "reference_paths": bool(args.reference),
+        "amp": args.amp,
+        "compile": bool(args.compile),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -317,9 +354,18 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     objects = [int(x) for x in args.objects.split(",") if x]
     cameras = [int(x) for x in args.cameras.split(",") if x]
     for name in args.config or ["sam4d_small"]:
-        result["runs"].append(
-            run_config(name, args.device, frames, objects, cameras, args.steps, args.warmup)
+        run = run_config(
+            name,
+            args.device,
+            frames,
+            objects,
+            cameras,
+            args.steps,
+            args.warmup,
+            amp=args.amp,
+            compile_image=args.compile,
         )
+        result["runs"].append(run)
     result["load_avg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print()
     print(format_tables(result))
