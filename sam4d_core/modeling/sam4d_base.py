@@ -114,6 +114,7 @@ from sam4d_core.modeling.sparse import SparseTensor, devoxelize, devoxelize_weig
 from sam4d_core.modeling.sparse.voxelize import (
     points_to_voxel_index,
     pool_points_to_voxels,
+    released_devoxelize_weights,
     sam4d_voxelize,
 )
 from sam4d_core.modeling.token_places import (
@@ -811,6 +812,7 @@ class SAM4D(nn.Module):
             mean=tuple(enc.pixel_mean.flatten().tolist()),
             std=tuple(enc.pixel_std.flatten().tolist()),
             device=device,
+            exact_release=self.config.image.exact_release,
         ).to(self.no_mem_embed.dtype)
         fpn = enc(batch)["backbone_fpn"]
         if len(fpn) != 3:
@@ -843,9 +845,12 @@ class SAM4D(nn.Module):
         backbone = self.point_encoder
         pcfg = backbone.config
         xyz = _as_tensor(points[:, :3], torch.float32, device)
-        vox = sam4d_voxelize(xyz, None, None, pcfg.pre_voxel_size, pcfg.voxel_size)
+        exact = pcfg.exact_release
+        # Exact-release: quantised from the points as given (float64 stays float64, as released).
+        xyz_q = _as_tensor(points[:, :3], torch.float64, device) if exact else xyz
+        vox = sam4d_voxelize(xyz_q, None, None, pcfg.pre_voxel_size, pcfg.voxel_size, exact)
         feats0 = vox.voxels.feats.to(self.no_mem_embed.dtype)
-        x = SparseTensor(feats0, vox.voxels.coords, stride=1)
+        x = SparseTensor(feats0, vox.voxels.coords, stride=1, cache=pcfg.sparse_cache())
         levels = backbone.forward_sparse(x)
         if [lv.stride[0] for lv in levels] != [4, 8, 16]:
             raise ValueError(
@@ -857,11 +862,17 @@ class SAM4D(nn.Module):
         voxels = (vox.voxels.coords, vox.voxels.point_to_voxel)
         point_to_s16 = points_to_voxel_index(s16, grid, batch, voxels=voxels)
         token_xyz = pool_points_to_voxels(s16, grid, batch, xyz, point_rows=point_to_s16)
-        hierarchy = VoxelHierarchy.from_coords(s4.coords, s8.coords, s16.coords, stride_s4=4)
+        # Exact-release: a voxel whose parent fell outside a strided conv's bound has none.
+        hierarchy = VoxelHierarchy.from_coords(
+            s4.coords, s8.coords, s16.coords, stride_s4=4, allow_missing=exact
+        )
         decoder = self.sam_head.sam_mask_decoder
         high_res = decoder.project_lidar_high_res(s4.feats, s8.feats)
         point_to_s4 = points_to_voxel_index(s4, grid, batch, voxels=voxels)
-        rows, weights = devoxelize_weights(s4, grid, batch, point_rows=point_to_s4)
+        if exact:
+            rows, weights = released_devoxelize_weights(s4, grid, batch, voxels=voxels)
+        else:
+            rows, weights = devoxelize_weights(s4, grid, batch, point_rows=point_to_s4)
         pe = self.union_pe_func.point_pe(token_xyz, multi_modal=multi_modal)
         return LidarFeatures(
             points_xyz=xyz,
