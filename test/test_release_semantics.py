@@ -9,6 +9,7 @@ The references work in level units with Python dicts and loops: small, slow, obv
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -346,3 +347,59 @@ def test_official_config_is_exact_release_and_ours_are_not() -> None:
     for name in ("sam4d_small", "sam4d_tiny"):
         cfg = get_config(name)
         assert not cfg.point.exact_release and not cfg.image.exact_release
+
+
+# ---------------------------------------------------------------------------------------------
+# The mode travels with the model config: streaming tracker and offline predictor.
+
+
+def test_tracker_and_predictor_honour_the_mode_through_the_config() -> None:
+    from sam4d_core.build_sam import build_sam4d
+    from sam4d_core.data.synthetic import generate_sequence, make_config
+    from sam4d_core.modeling.sam4d_base import LidarPrompt as ModelLidarPrompt
+    from sam4d_core.modeling.sam4d_base import ObjectPrompts
+    from sam4d_core.tracking.engine import encode_sensor_frame
+    from sam4d_core.tracking.offline_predictor import SAM4DPredictor
+    from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
+    from sam4d_core.tracking.streaming_tracker import StreamingTracker
+
+    seq = generate_sequence(make_config("tiny", num_frames=2))
+    plain_cfg = get_config("sam4d_tiny")
+    exact_cfg = dataclasses.replace(
+        plain_cfg,
+        image=dataclasses.replace(plain_cfg.image, exact_release=True),
+        point=dataclasses.replace(plain_cfg.point, exact_release=True),
+    )
+    torch.manual_seed(0)
+    plain = build_sam4d(plain_cfg)
+    exact = build_sam4d(exact_cfg)
+    exact.load_state_dict(plain.state_dict())
+    frame = seq[0]
+    xyz = frame.points[frame.point_labels == 1][:1, :3].astype(np.float64)
+
+    def tracker_scores(model):
+        tr = StreamingTracker(model)
+        tr.step(frame)
+        r = tr.add_prompts([ObjectPrompt(1, lidar=LidarPrompt(points=xyz, labels=np.array([1])))])
+        return r.objects[0].point_scores
+
+    def predictor_logits(model):
+        pred = SAM4DPredictor(model)
+        st = pred.init_state_from_sequence(seq)
+        prompt = {"pts": {"point_coords": [xyz.tolist()], "point_labels": [[1]]}}
+        return pred.add_new_points_or_box(st, 0, 1, point_prompts=prompt)[2]["pts"].flatten()
+
+    got = tracker_scores(exact)
+    with torch.inference_mode():
+        slots = {name: i for i, name in enumerate(frame.cameras)}
+        f = encode_sensor_frame(exact, frame, slots)
+        assert f.lidar is not None and (
+            f.lidar.hierarchy.missing_s4 or f.lidar.hierarchy.missing_s8
+        )
+        out = exact.track_step(f, [ObjectPrompts(lidar=ModelLidarPrompt(xyz, [1]))])
+        direct = torch.sigmoid(out.lidar.point_logits[0]).numpy()
+    np.testing.assert_allclose(got, direct, atol=1e-5)
+    assert np.abs(got - tracker_scores(plain)).max() > 1e-3
+    pe, pp = predictor_logits(exact), predictor_logits(plain)
+    np.testing.assert_allclose(torch.sigmoid(pe).numpy(), direct, atol=1e-5)
+    assert (pe - pp).abs().max() > 1e-3
