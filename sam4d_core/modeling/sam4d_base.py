@@ -52,6 +52,11 @@ memory), memory-encoder input ``sigmoid * 20 - 10``, ``no_obj_embed_spatial`` on
 objects, memory PEs recomputed with ``T_rel = P_t^-1 P_t'`` (``use_ego_pose_in_pe``), pointer PEs
 ``obj_ptr_tpos_proj(sine(t_diff / t_diff_max)) + ego_pose_encoder(P_t, P_t')``.
 
+The official config runs in exact-release mode (``config.point.exact_release``,
+``config.image.exact_release``): torchsparse 2.1's default sparse semantics, the released
+devoxelization, float64 quantisation and the PIL-bicubic resize (see
+:mod:`~sam4d_core.modeling.sparse.kernel_map` and :mod:`~sam4d_core.modeling.sparse.voxelize`).
+
 Known differences from the release (all documented where they happen): the camera memory of a
 mask-as-output frame is encoded from the stride-4 version of the mask (the release keeps the
 full-resolution one); per-point LiDAR mask values are averaged per 0.15 m voxel before the LiDAR
@@ -211,8 +216,9 @@ class LidarFeatures:
         voxels_s1: (N1, 4) stride-1 (0.15 m) voxel coordinates the backbone ran on.
         point_to_voxel: (N,) stride-1 voxel row of every point.
         point_to_s4: (N,) stride-4 voxel row of every point (LiDAR mask prompts are averaged
-            into these voxels).
-        devox_rows, devox_weights: (N, 8) trilinear interpolation stride-4 voxels -> points.
+            into these voxels); -1 where exact-release mode dropped the point's voxel.
+        devox_rows, devox_weights: (N, 8) stride-4 voxels -> points: trilinear, or the released
+            ``voxel_to_point`` in exact-release mode (``config.point.exact_release``).
     """
 
     points_xyz: torch.Tensor
@@ -449,8 +455,9 @@ class LidarOutput:
 
     Attributes:
         voxel_logits: (B, N4) logits per stride-4 voxel.
-        point_logits: (B, N) logits per input point (trilinear devoxelization; a mask prompt taken
-            as output gives the mask itself, +-10).
+        point_logits: (B, N) logits per input point (devoxelized with the frame's
+            ``devox_rows`` / ``devox_weights``; a mask prompt taken as output gives the mask
+            itself, +-10).
         ious: (B,) predicted IoU.
         object_score_logits: (B,) presence logits.
         obj_ptr: (B, C) LiDAR object pointer.
