@@ -19,6 +19,7 @@ from sam4d_core.checkpoint import (
     CheckpointError,
     load_state_dict_strict,
     read_checkpoint,
+    warn_if_not_exact_release,
 )
 from sam4d_core.modeling.configs import SAM4DConfig, config_to_dict, get_config, load_config
 from sam4d_core.modeling.sam4d_base import SAM4D
@@ -63,6 +64,8 @@ def build_sam4d(
             f"{ckpt.path}: an official checkpoint needs umpe.released_frequency_quirk=True (use "
             f"the {OFFICIAL_CONFIG!r} config)"
         )
+    if ckpt is not None and ckpt.is_official_format:
+        warn_if_not_exact_release(cfg, ckpt.path)
     model = SAM4D(cfg)
     if ckpt is not None:
         load_state_dict_strict(model, ckpt.state_dict, str(ckpt.path))

@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -315,7 +316,23 @@ def load_official_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
             f"{ckpt.path}: an official checkpoint needs umpe.released_frequency_quirk=True (use "
             f"the {OFFICIAL_CONFIG!r} config)"
         )
+    if config is not None:
+        warn_if_not_exact_release(config, ckpt.path)
     return load_state_dict_strict(model, ckpt.state_dict, str(ckpt.path))
+
+
+def warn_if_not_exact_release(config: Any, path: str | Path) -> None:
+    """Warns when official weights go into a model that is not in exact-release mode
+    (``image.exact_release`` and ``point.exact_release``): they load, but the LiDAR path (and the
+    image resize) then differ from what the weights were trained with."""
+    if not (config.image.exact_release and config.point.exact_release):
+        warnings.warn(
+            f"{path}: official weights in a model without exact-release mode "
+            f"(image.exact_release={config.image.exact_release}, "
+            f"point.exact_release={config.point.exact_release}): results will differ from the "
+            f"released code's (use the {OFFICIAL_CONFIG!r} config)",
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,10 +45,14 @@ def official_key_set() -> dict[str, torch.Tensor]:
 
 
 def tiny_official_config():
-    """The tiny sizes with the released sine-PE behaviour (what an official file requires)."""
+    """The tiny sizes with the released sine-PE behaviour (what an official file requires) and
+    the exact-release mode (what it should run with)."""
     cfg = get_config("sam4d_tiny")
     return dataclasses.replace(
-        cfg, umpe=dataclasses.replace(cfg.umpe, released_frequency_quirk=True)
+        cfg,
+        umpe=dataclasses.replace(cfg.umpe, released_frequency_quirk=True),
+        image=dataclasses.replace(cfg.image, exact_release=True),
+        point=dataclasses.replace(cfg.point, exact_release=True),
     )
 
 
@@ -155,6 +159,10 @@ def test_official_format_file_loads_and_needs_the_quirk(tmp_path) -> None:
         load_official_checkpoint(SAM4D(get_config("sam4d_tiny")), path)
     with pytest.raises(CheckpointError, match="released_frequency_quirk=True"):
         build_sam4d("sam4d_tiny", path)
+    # Without the exact-release mode the weights load, with a warning.
+    plain = dataclasses.replace(cfg, point=get_config("sam4d_tiny").point)
+    with pytest.warns(UserWarning, match="point.exact_release=False"):
+        load_official_checkpoint(SAM4D(plain), path)
     # An official file of other sizes does not fit the official tree.
     with pytest.raises(CheckpointError, match="does not match the model"):
         build_sam4d(checkpoint=path)

@@ -229,8 +229,12 @@ def _token_fractions(
     if features.lidar is not None and tg.point_masks is not None:
         lf = features.lidar
         h = lf.hierarchy
-        ok = lf.point_to_s4 >= 0
-        tok = h.parent_s8[h.parent_s4[lf.point_to_s4[ok]]]
+        # -1 anywhere on the chain (exact-release mode drops top planes): the point has no token.
+        p4 = lf.point_to_s4.clamp_min(0)
+        p8 = h.parent_s4[p4]
+        p16 = h.parent_s8[p8.clamp_min(0)]
+        ok = (lf.point_to_s4 >= 0) & (p8 >= 0) & (p16 >= 0)
+        tok = p16[ok]
         pts = torch.from_numpy(tg.point_masks).float()[:, ok.cpu().numpy()]  # (B, N)
         count = torch.zeros(lf.num_tokens).index_add_(
             0, tok, torch.ones_like(tok, dtype=torch.float)

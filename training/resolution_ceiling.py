@@ -47,6 +47,7 @@ from sam4d_core.modeling.sparse.voxelize import (
     devoxelize,
     devoxelize_weights,
     points_to_voxel_index,
+    released_devoxelize_weights,
     sam4d_voxelize,
 )
 
@@ -96,22 +97,32 @@ class LidarGrid:
         stride-4 logits live on.
         """
         pcfg = config.point
-        xyz = torch.as_tensor(np.ascontiguousarray(points[:, :3]), dtype=torch.float32)
-        vox = sam4d_voxelize(xyz, None, None, pcfg.pre_voxel_size, pcfg.voxel_size)
+        exact = pcfg.exact_release
+        dtype = torch.float64 if exact else torch.float32
+        xyz = torch.as_tensor(np.ascontiguousarray(points[:, :3]), dtype=dtype)
+        vox = sam4d_voxelize(xyz, None, None, pcfg.pre_voxel_size, pcfg.voxel_size, exact)
         s = LOGIT_STRIDE
-        coords4, _ = downsample_coords(vox.voxels.coords, (1, 1, 1), (s, s, s), (s, s, s))
-        s4 = SparseTensor(torch.zeros(coords4.shape[0], 1), coords4, stride=s)
+        # The model's stride-4 voxels come from two k2 s2 convs (their bounds, in exact mode).
+        coords = vox.voxels.coords
+        for stride in (1, 2):
+            coords, _ = downsample_coords(coords, (stride,) * 3, (2, 2, 2), (2, 2, 2), False, exact)
+        s4 = SparseTensor(torch.zeros(coords.shape[0], 1), coords, stride=s)
         grid, batch = vox.point_grid_coords, vox.point_batch
         rows = points_to_voxel_index(s4, grid, batch)
-        devox_rows, devox_weights = devoxelize_weights(s4, grid, batch, point_rows=rows)
-        return cls(rows, int(coords4.shape[0]), devox_rows, devox_weights)
+        if exact:
+            devox_rows, devox_weights = released_devoxelize_weights(s4, grid, batch)
+        else:
+            devox_rows, devox_weights = devoxelize_weights(s4, grid, batch, point_rows=rows)
+        return cls(rows, int(coords.shape[0]), devox_rows, devox_weights)
 
     def ceiling_mask(self, gt: np.ndarray) -> np.ndarray:
         """(N,) bool: the best per-point mask for ``gt`` ((N,) bool): per voxel the fraction
         of its points on the object minus 0.5, interpolated to the points, above 0."""
         on = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))
-        hits = torch.zeros(self.num_voxels).index_add_(0, self.point_rows, on)
-        count = torch.zeros(self.num_voxels).index_add_(0, self.point_rows, torch.ones_like(on))
+        keep = self.point_rows >= 0  # exact-release mode: some points have no stride-4 voxel
+        rows, on = self.point_rows[keep], on[keep]
+        hits = torch.zeros(self.num_voxels).index_add_(0, rows, on)
+        count = torch.zeros(self.num_voxels).index_add_(0, rows, torch.ones_like(on))
         frac = hits / count.clamp(min=1.0) - 0.5
         return (devoxelize(frac[:, None], self.devox_rows, self.devox_weights)[:, 0] > 0).numpy()
 

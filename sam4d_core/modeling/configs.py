@@ -11,8 +11,11 @@ Named configs (:func:`get_config`):
 
 - ``sam4d_hiera_s_mink34``: the officially released model (Hiera-S at 768 x 768, MinkUNet34-W32,
   d 256, 4 memory-attention layers, full k7 LiDAR memory fuser; 121.8 M parameters in 904 state
-  dict entries), with ``released_frequency_quirk=True`` so that the official checkpoint loads and
-  behaves as trained. Values read from the released config file (``sam4d.py`` in the code index).
+  dict entries), with ``released_frequency_quirk=True`` and the exact-release mode
+  (``point.exact_release``: torchsparse 2.1's default sparse semantics, the released
+  devoxelization and float64 quantisation; ``image.exact_release``: the released PIL-bicubic
+  resize) so that the official checkpoint loads and computes what the released code computes.
+  Values read from the released config file (``sam4d.py`` in the code index).
 - ``sam4d_small``: our CPU real-time configuration (8.6 M parameters): a 384 x 192 input (the usual
   2:1 camera aspect, token grid 12 x 24), a 0.2 m LiDAR grid, Hiera embed 32, MinkUNet width 16
   with one block per stage, d 128, 2 memory-attention layers, k3 LiDAR memory fuser, 32 depth bins,
@@ -143,6 +146,7 @@ class SAM4DConfig:
 
     Attributes:
         name: config name (informative; stored in checkpoints).
+        exact_release (property): both components' exact-release switches are on.
         d_model: token width of every stage after the backbones (FPN output, LiDAR stride-16
             channels, memory width, decoder width, UMPE width). SAM4D requires ``mem_dim ==
             d_model``.
@@ -166,8 +170,11 @@ class SAM4DConfig:
 
     name: str = "sam4d_hiera_s_mink34"
     d_model: int = 256
-    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
-    point: MinkUNetConfig = field(default_factory=MinkUNetConfig)
+    # The official sizes, in exact-release mode (see the module docstring).
+    image: ImageEncoderConfig = field(
+        default_factory=lambda: ImageEncoderConfig(exact_release=True)
+    )
+    point: MinkUNetConfig = field(default_factory=lambda: MinkUNetConfig(exact_release=True))
     umpe: UMPEConfig = field(default_factory=lambda: UMPEConfig(released_frequency_quirk=True))
     memory_attention: MemoryAttentionConfig = field(default_factory=MemoryAttentionConfig)
     memory_encoder: MemoryEncoderConfig = field(default_factory=MemoryEncoderConfig)
@@ -186,6 +193,11 @@ class SAM4DConfig:
     use_ego_pose_in_pe: bool = True
     encode_ego_pose_in_mem: bool = True
     no_obj_embed_spatial: bool = True
+
+    @property
+    def exact_release(self) -> bool:
+        """The image and LiDAR paths both compute what the released code computes."""
+        return bool(self.image.exact_release and self.point.exact_release)
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -508,8 +508,8 @@ class PointMemoryEncoder(nn.Module):
                 )
         elif pix_feat.cache.coords.get((1, 1, 1)) is not voxel_coords:
             # Foreign coordinates: build fresh kernel maps (the check below still requires the
-            # downsampled voxels to be the features' voxels).
-            cache = None
+            # downsampled voxels to be the features' voxels), with the same semantics.
+            cache = SparseCache(release_semantics=pix_feat.cache.release_semantics)
         if masks.dim() == 2:
             masks = masks[..., None]
         if masks.shape[1] != voxel_coords.shape[0]:

@@ -52,6 +52,11 @@ memory), memory-encoder input ``sigmoid * 20 - 10``, ``no_obj_embed_spatial`` on
 objects, memory PEs recomputed with ``T_rel = P_t^-1 P_t'`` (``use_ego_pose_in_pe``), pointer PEs
 ``obj_ptr_tpos_proj(sine(t_diff / t_diff_max)) + ego_pose_encoder(P_t, P_t')``.
 
+The official config runs in exact-release mode (``config.point.exact_release``,
+``config.image.exact_release``): torchsparse 2.1's default sparse semantics, the released
+devoxelization, float64 quantisation and the PIL-bicubic resize (see
+:mod:`~sam4d_core.modeling.sparse.kernel_map` and :mod:`~sam4d_core.modeling.sparse.voxelize`).
+
 Known differences from the release (all documented where they happen): the camera memory of a
 mask-as-output frame is encoded from the stride-4 version of the mask (the release keeps the
 full-resolution one); per-point LiDAR mask values are averaged per 0.15 m voxel before the LiDAR
@@ -114,6 +119,7 @@ from sam4d_core.modeling.sparse import SparseTensor, devoxelize, devoxelize_weig
 from sam4d_core.modeling.sparse.voxelize import (
     points_to_voxel_index,
     pool_points_to_voxels,
+    released_devoxelize_weights,
     sam4d_voxelize,
 )
 from sam4d_core.modeling.token_places import (
@@ -210,8 +216,9 @@ class LidarFeatures:
         voxels_s1: (N1, 4) stride-1 (0.15 m) voxel coordinates the backbone ran on.
         point_to_voxel: (N,) stride-1 voxel row of every point.
         point_to_s4: (N,) stride-4 voxel row of every point (LiDAR mask prompts are averaged
-            into these voxels).
-        devox_rows, devox_weights: (N, 8) trilinear interpolation stride-4 voxels -> points.
+            into these voxels); -1 where exact-release mode dropped the point's voxel.
+        devox_rows, devox_weights: (N, 8) stride-4 voxels -> points: trilinear, or the released
+            ``voxel_to_point`` in exact-release mode (``config.point.exact_release``).
     """
 
     points_xyz: torch.Tensor
@@ -448,8 +455,9 @@ class LidarOutput:
 
     Attributes:
         voxel_logits: (B, N4) logits per stride-4 voxel.
-        point_logits: (B, N) logits per input point (trilinear devoxelization; a mask prompt taken
-            as output gives the mask itself, +-10).
+        point_logits: (B, N) logits per input point (devoxelized with the frame's
+            ``devox_rows`` / ``devox_weights``; a mask prompt taken as output gives the mask
+            itself, +-10).
         ious: (B,) predicted IoU.
         object_score_logits: (B,) presence logits.
         obj_ptr: (B, C) LiDAR object pointer.
@@ -811,6 +819,7 @@ class SAM4D(nn.Module):
             mean=tuple(enc.pixel_mean.flatten().tolist()),
             std=tuple(enc.pixel_std.flatten().tolist()),
             device=device,
+            exact_release=self.config.image.exact_release,
         ).to(self.no_mem_embed.dtype)
         fpn = enc(batch)["backbone_fpn"]
         if len(fpn) != 3:
@@ -843,9 +852,12 @@ class SAM4D(nn.Module):
         backbone = self.point_encoder
         pcfg = backbone.config
         xyz = _as_tensor(points[:, :3], torch.float32, device)
-        vox = sam4d_voxelize(xyz, None, None, pcfg.pre_voxel_size, pcfg.voxel_size)
+        exact = pcfg.exact_release
+        # Exact-release: quantised from the points as given (float64 stays float64, as released).
+        xyz_q = _as_tensor(points[:, :3], torch.float64, device) if exact else xyz
+        vox = sam4d_voxelize(xyz_q, None, None, pcfg.pre_voxel_size, pcfg.voxel_size, exact)
         feats0 = vox.voxels.feats.to(self.no_mem_embed.dtype)
-        x = SparseTensor(feats0, vox.voxels.coords, stride=1)
+        x = SparseTensor(feats0, vox.voxels.coords, stride=1, cache=pcfg.sparse_cache())
         levels = backbone.forward_sparse(x)
         if [lv.stride[0] for lv in levels] != [4, 8, 16]:
             raise ValueError(
@@ -857,11 +869,17 @@ class SAM4D(nn.Module):
         voxels = (vox.voxels.coords, vox.voxels.point_to_voxel)
         point_to_s16 = points_to_voxel_index(s16, grid, batch, voxels=voxels)
         token_xyz = pool_points_to_voxels(s16, grid, batch, xyz, point_rows=point_to_s16)
-        hierarchy = VoxelHierarchy.from_coords(s4.coords, s8.coords, s16.coords, stride_s4=4)
+        # Exact-release: a voxel whose parent fell outside a strided conv's bound has none.
+        hierarchy = VoxelHierarchy.from_coords(
+            s4.coords, s8.coords, s16.coords, stride_s4=4, allow_missing=exact
+        )
         decoder = self.sam_head.sam_mask_decoder
         high_res = decoder.project_lidar_high_res(s4.feats, s8.feats)
         point_to_s4 = points_to_voxel_index(s4, grid, batch, voxels=voxels)
-        rows, weights = devoxelize_weights(s4, grid, batch, point_rows=point_to_s4)
+        if exact:
+            rows, weights = released_devoxelize_weights(s4, grid, batch, voxels=voxels)
+        else:
+            rows, weights = devoxelize_weights(s4, grid, batch, point_rows=point_to_s4)
         pe = self.union_pe_func.point_pe(token_xyz, multi_modal=multi_modal)
         return LidarFeatures(
             points_xyz=xyz,

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from sam4d_core.modeling.sparse.conv import BatchNorm, Conv3d, ReLU
-from sam4d_core.modeling.sparse.tensor import SparseTensor, cat
+from sam4d_core.modeling.sparse.tensor import SparseCache, SparseTensor, cat
 from sam4d_core.modeling.sparse.voxelize import (
     points_to_voxel_index,
     pool_points_to_voxels,
@@ -156,6 +156,13 @@ class MinkUNetConfig:
         decoder_channels: output channels of the decoder stages (stride 8, then 4, ...).
         decoder_blocks: residual blocks per decoder stage.
         pre_voxel_size, voxel_size: SAM4D's two voxelization steps, metres.
+        exact_release: compute what the released code computes with torchsparse 2.1's default
+            semantics (on for the official checkpoint): strided convs bounded as torchsparse's
+            ``hashmap_on_the_fly`` bounds them and k4 s4 offsets = position in the parent cell
+            (:mod:`~sam4d_core.modeling.sparse.kernel_map`), the released ``voxel_to_point``
+            and float64 0.05 m quantisation (:mod:`~sam4d_core.modeling.sparse.voxelize`). Off:
+            every parent voxel kept, centred offsets, trilinear devoxelization, float32; what our
+            own models are trained with.
     """
 
     in_channels: int = 1
@@ -168,11 +175,16 @@ class MinkUNetConfig:
     decoder_blocks: tuple[int, ...] = (2, 2)
     pre_voxel_size: float = 0.05
     voxel_size: float = 0.15
+    exact_release: bool = False
+
+    def sparse_cache(self) -> SparseCache:
+        """A fresh cache for a sweep's sparse tensors, with this config's kernel-map semantics."""
+        return SparseCache(release_semantics=self.exact_release)
 
 
 def minkunet34_w32_config() -> MinkUNetConfig:
-    """The official SAM4D point backbone (``MinkUNet34-W32``, 26.9 M parameters)."""
-    return MinkUNetConfig()
+    """The official SAM4D point backbone (``MinkUNet34-W32``, 26.9 M parameters), exact-release."""
+    return MinkUNetConfig(exact_release=True)
 
 
 def minkunet_tiny_config() -> MinkUNetConfig:
@@ -209,7 +221,7 @@ class MinkUNetBackbone(nn.Module):
 
     def __init__(self, config: MinkUNetConfig | None = None) -> None:
         super().__init__()
-        cfg = config or MinkUNetConfig()
+        cfg = config or minkunet34_w32_config()
         self.config = cfg
         block_name, default_blocks = ARCH_SETTINGS[cfg.depth]
         block_name = cfg.block or block_name
@@ -295,9 +307,11 @@ class MinkUNetBackbone(nn.Module):
             :class:`PointBackboneOutput`.
         """
         cfg = self.config
-        vox = sam4d_voxelize(points, batch_idx, point_feats, cfg.pre_voxel_size, cfg.voxel_size)
+        vox = sam4d_voxelize(
+            points, batch_idx, point_feats, cfg.pre_voxel_size, cfg.voxel_size, cfg.exact_release
+        )
         feats = vox.voxels.feats.to(self.conv_input[0].kernel.dtype)
-        x = SparseTensor(feats, vox.voxels.coords, stride=1)
+        x = SparseTensor(feats, vox.voxels.coords, stride=1, cache=cfg.sparse_cache())
         features = self.forward_sparse(x)
         grid, batch = vox.point_grid_coords, vox.point_batch
         rows = points_to_voxel_index(

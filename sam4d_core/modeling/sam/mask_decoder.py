@@ -356,14 +356,15 @@ class MaskDecoder(nn.Module):
         tokens, valid = self._output_tokens(sparse_prompt_embeddings, sparse_valid)
         hs, src = self.transformer(src, pe, tokens, valid)
         dc1, bn, act1, dc2, act2 = self.output_upscaling_pts
-        up = dc1(src, hierarchy.parent_s8, hierarchy.offset_s8)  # (B, N8, C/4)
+        h = hierarchy
+        up = dc1(src, h.parent_s8, h.offset_s8, h.missing_s8)  # (B, N8, C/4)
         if self.use_high_res_features:
             if high_res_features is None:
                 raise ValueError("use_high_res_features needs the projected stride-4/8 features")
             feat_s0, feat_s1 = high_res_features
             up = up + feat_s1
         up = act1(batch_norm_objects(bn, up))
-        up = dc2(up, hierarchy.parent_s4, hierarchy.offset_s4)  # (B, N4, C/8)
+        up = dc2(up, h.parent_s4, h.offset_s4, h.missing_s4)  # (B, N4, C/8)
         if self.use_high_res_features:
             up = up + feat_s0
         up = act2(up)

@@ -308,8 +308,9 @@ class PromptEncoder3D(_PointEmbedder):
             )
         down1, down2, proj = self.mask_downscaling
         x = masks.to(proj.kernel.dtype).unsqueeze(-1)
-        x = down1(x, hierarchy.parent_s4, hierarchy.offset_s4, hierarchy.num_s8)
-        x = down2(x, hierarchy.parent_s8, hierarchy.offset_s8, hierarchy.num_s16)
+        h = hierarchy
+        x = down1(x, h.parent_s4, h.offset_s4, h.num_s8, h.missing_s4)
+        x = down2(x, h.parent_s8, h.offset_s8, h.num_s16, h.missing_s8)
         return proj(x)
 
     def no_mask_dense(self, batch_size: int, num_tokens: int) -> torch.Tensor:

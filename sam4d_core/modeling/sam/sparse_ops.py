@@ -57,7 +57,10 @@ def _coord_keys(coords: torch.Tensor) -> torch.Tensor:
 
 
 def link_to_parents(
-    fine_coords: torch.Tensor, coarse_coords: torch.Tensor, fine_stride: int
+    fine_coords: torch.Tensor,
+    coarse_coords: torch.Tensor,
+    fine_stride: int,
+    allow_missing: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Parent row and kernel offset of every fine voxel one 2x level up.
 
@@ -67,9 +70,12 @@ def link_to_parents(
         coarse_coords: (N_c, 4) coordinates at stride ``2 * fine_stride``; must contain every
             parent (it does when the coarse level was made by downsampling the fine one).
         fine_stride: tensor stride of the fine level.
+        allow_missing: a fine voxel without parent gets parent -1 (exact-release mode, where a
+            strided conv drops the top plane of an axis) instead of an error.
 
     Returns:
-        parent (N_f,) int64 rows into ``coarse_coords`` and offset (N_f,) int64 in [0, 8).
+        parent (N_f,) int64 rows into ``coarse_coords`` (-1: none) and offset (N_f,) int64 in
+        [0, 8).
 
     Raises:
         ValueError: a coordinate is out of range or a fine voxel has no parent.
@@ -85,10 +91,15 @@ def link_to_parents(
     coarse_keys = _coord_keys(coarse_coords)
     sorted_keys, order = torch.sort(coarse_keys)
     query = _coord_keys(parent_coords)
-    pos = torch.searchsorted(sorted_keys, query).clamp_max(max(sorted_keys.numel() - 1, 0))
-    if sorted_keys.numel() == 0 or not bool((sorted_keys[pos] == query).all()):
+    if sorted_keys.numel() == 0:
+        if allow_missing:
+            return torch.full_like(query, -1), offset_index(delta)
         raise ValueError("some fine voxels have no parent among the coarse coordinates")
-    return order[pos], offset_index(delta)
+    pos = torch.searchsorted(sorted_keys, query).clamp_max(sorted_keys.numel() - 1)
+    found = sorted_keys[pos] == query
+    if not allow_missing and not bool(found.all()):
+        raise ValueError("some fine voxels have no parent among the coarse coordinates")
+    return torch.where(found, order[pos], torch.full_like(pos, -1)), offset_index(delta)
 
 
 @dataclass
@@ -104,6 +115,8 @@ class VoxelHierarchy:
         parent_s8: (N8,) int64 stride-16 row of each stride-8 voxel.
         offset_s8: (N8,) int64 kernel offset of each stride-8 voxel inside its parent.
         num_s16: number of stride-16 voxels (tokens) N16.
+        missing_s4, missing_s8: some parent is -1 (none; exact-release mode, see
+            :func:`link_to_parents`): the layers then skip those voxels.
     """
 
     parent_s4: torch.Tensor
@@ -111,6 +124,8 @@ class VoxelHierarchy:
     parent_s8: torch.Tensor
     offset_s8: torch.Tensor
     num_s16: int
+    missing_s4: bool = False
+    missing_s8: bool = False
 
     @property
     def num_s4(self) -> int:
@@ -127,6 +142,8 @@ class VoxelHierarchy:
             self.parent_s8.to(device),
             self.offset_s8.to(device),
             self.num_s16,
+            self.missing_s4,
+            self.missing_s8,
         )
 
     @classmethod
@@ -136,15 +153,19 @@ class VoxelHierarchy:
         coords_s8: torch.Tensor,
         coords_s16: torch.Tensor,
         stride_s4: int = 4,
+        allow_missing: bool = False,
     ) -> VoxelHierarchy:
         """Build the links from the three levels' (N, 4) ``[batch, x, y, z]`` coordinates.
 
         ``stride_s4`` is the tensor stride of the finest level in the coordinates' units (4 for
-        torchsparse-style coordinates where the input grid has stride 1).
+        torchsparse-style coordinates where the input grid has stride 1). ``allow_missing``: see
+        :func:`link_to_parents`.
         """
-        p4, o4 = link_to_parents(coords_s4, coords_s8, stride_s4)
-        p8, o8 = link_to_parents(coords_s8, coords_s16, 2 * stride_s4)
-        return cls(p4, o4, p8, o8, coords_s16.shape[0])
+        p4, o4 = link_to_parents(coords_s4, coords_s8, stride_s4, allow_missing)
+        p8, o8 = link_to_parents(coords_s8, coords_s16, 2 * stride_s4, allow_missing)
+        miss4 = allow_missing and bool((p4 < 0).any())
+        miss8 = allow_missing and bool((p8 < 0).any())
+        return cls(p4, o4, p8, o8, coords_s16.shape[0], miss4, miss8)
 
     @classmethod
     def from_source_index(
@@ -189,15 +210,29 @@ class SparseDownsample(nn.Module):
         _init_kernel(self.kernel, self.bias, in_channels * KERNEL_VOLUME)
 
     def forward(
-        self, x: torch.Tensor, parent: torch.Tensor, offset: torch.Tensor, num_coarse: int
+        self,
+        x: torch.Tensor,
+        parent: torch.Tensor,
+        offset: torch.Tensor,
+        num_coarse: int,
+        missing: bool = False,
     ) -> torch.Tensor:
-        """(B, N_fine, C_in) -> (B, N_coarse, C_out); ``parent``, ``offset``: (N_fine,)."""
+        """(B, N_fine, C_in) -> (B, N_coarse, C_out); ``parent``, ``offset``: (N_fine,).
+
+        ``missing``: some ``parent`` is -1; those children contribute nothing."""
         b = x.shape[0]
         # Per-child kernel slices: N_fine * C_in * C_out values, small on the mask path (1->4->16).
         per_child = torch.einsum("bnc,ncd->bnd", x, self.kernel[offset])
         # per_child's dtype, not x's: under autocast the einsum runs in half precision.
-        out = per_child.new_zeros(b, num_coarse, self.out_channels)
-        out = out.index_add(1, parent, per_child)
+        if missing:
+            # Orphans go to a spare last row that is dropped.
+            out = per_child.new_zeros(b, num_coarse + 1, self.out_channels)
+            spare = torch.full_like(parent, num_coarse)
+            out = out.index_add(1, torch.where(parent >= 0, parent, spare), per_child)
+            out = out[:, :num_coarse]
+        else:
+            out = per_child.new_zeros(b, num_coarse, self.out_channels)
+            out = out.index_add(1, parent, per_child)
         return out if self.bias is None else out + self.bias
 
 
@@ -216,15 +251,25 @@ class SparseUpsample(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         _init_kernel(self.kernel, self.bias, out_channels * KERNEL_VOLUME)
 
-    def forward(self, x: torch.Tensor, parent: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """(B, N_coarse, C_in) -> (B, N_fine, C_out); ``parent``, ``offset``: (N_fine,)."""
+    def forward(
+        self, x: torch.Tensor, parent: torch.Tensor, offset: torch.Tensor, missing: bool = False
+    ) -> torch.Tensor:
+        """(B, N_coarse, C_in) -> (B, N_fine, C_out); ``parent``, ``offset``: (N_fine,).
+
+        ``missing``: some ``parent`` is -1; those fine voxels receive 0 (plus the bias), as a
+        transposed conv gives an output without source."""
         b, n_coarse, _ = x.shape
         # Matmul every coarse row with all 8 slices, then gather: one GEMM instead of 8 masked ones,
         # and B * N_coarse * 8 * C_out values, less than gathering C_in-wide rows per fine voxel.
         every = torch.einsum("bnc,kcd->bnkd", x, self.kernel).reshape(
             b, n_coarse * KERNEL_VOLUME, self.out_channels
         )
-        out = every.index_select(1, parent * KERNEL_VOLUME + offset)
+        if missing:
+            valid = parent >= 0
+            out = every.index_select(1, (parent * KERNEL_VOLUME + offset).clamp_min(0))
+            out = out * valid[None, :, None].to(out.dtype)
+        else:
+            out = every.index_select(1, parent * KERNEL_VOLUME + offset)
         return out if self.bias is None else out + self.bias
 
 
@@ -272,24 +317,32 @@ class SparseDownsampleBlock(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, parent: torch.Tensor, offset: torch.Tensor, num_coarse: int
+        self,
+        x: torch.Tensor,
+        parent: torch.Tensor,
+        offset: torch.Tensor,
+        num_coarse: int,
+        missing: bool = False,
     ) -> torch.Tensor:
         conv, bn, act = self.net
-        return act(batch_norm_objects(bn, conv(x, parent, offset, num_coarse)))
+        return act(batch_norm_objects(bn, conv(x, parent, offset, num_coarse, missing)))
 
 
 def scatter_mean(values: torch.Tensor, index: torch.Tensor, num_rows: int) -> torch.Tensor:
     """Mean of ``values`` (B, N, ...) per target row ``index`` (N,) -> (B, num_rows, ...).
 
-    Rows that receive nothing are 0. Use it to turn a per-point LiDAR mask into a per-voxel one
+    Rows that receive nothing are 0; an ``index`` of -1 (a point whose voxel an exact-release
+    strided conv dropped) is skipped. Use it to turn a per-point LiDAR mask into a per-voxel one
     (``index`` = the stride-4 voxel of each point) before the LiDAR prompt encoder.
     """
-    out = values.new_zeros(values.shape[0], num_rows, *values.shape[2:])
+    # -1 goes to a spare last row (no sync to look for it).
+    index = torch.where(index >= 0, index, torch.full_like(index, num_rows))
+    out = values.new_zeros(values.shape[0], num_rows + 1, *values.shape[2:])
     out = out.index_add(1, index, values)
-    count = torch.zeros(num_rows, dtype=values.dtype, device=values.device)
+    count = torch.zeros(num_rows + 1, dtype=values.dtype, device=values.device)
     count = count.index_add(0, index, torch.ones_like(index, dtype=values.dtype))
     shape = (1, num_rows) + (1,) * (values.dim() - 2)
-    return out / count.clamp_min(1).view(shape)
+    return out[:, :num_rows] / count[:num_rows].clamp_min(1).view(shape)
 
 
 __all__ = [

@@ -31,6 +31,19 @@ Output coordinates:
 - transposed: the coordinates registered in the cache for the finer stride, and the transpose of
   the forward map that went down from there.
 
+Release semantics (``SparseCache.release_semantics``, the official checkpoint's exact-release
+mode): strided convolutions follow torchsparse 2.1's *default* kernel-map mode
+(``hashmap_on_the_fly``, ``conv_config.py``), which the released SAM4D was trained with. Its
+downsampling kernel (``sparsemapping_cuda.cu``, ``downsample_grid_kmap_stage1_specialized_fast``
+and ``..._stage3``) maps input ``p`` (level units) to output ``q`` through per-axis kernel index
+``j = p + pad - q * s`` in ``[0, K)``, i.e. offset ``j`` (not ``j - (K - 1) // 2``: for K <= 2 the
+same, for the k4 s4 ``mask_downsample_pts`` the position ``p mod 4`` inside the parent), and keeps
+only outputs with ``0 <= q <= (max_in + 2 pad - (K - 1)) // s`` per axis, ``max_in`` being the
+input's maximum level coordinate on that axis (``hashmap_on_the_fly.py``: the released MinkUNet
+passes no spatial range). So an axis whose maximum makes that bound exclusive loses its top output
+plane (k2 s2: an even maximum; k4 s4: a maximum not ``3 mod 4``), and with it every input voxel of
+that plane. Submanifold and transposed maps are the same in both modes.
+
 How the neighbours are found (all three give the same ``nbr``; tests compare them):
 
 - reference (:func:`lookup_neighbors`): one sorted search (``searchsorted`` over the level's sorted
@@ -64,18 +77,21 @@ def kernel_offsets(
     kernel_size: tuple[int, int, int],
     dilation: tuple[int, int, int] = (1, 1, 1),
     device: torch.device | str = "cpu",
+    corner: bool = False,
 ) -> torch.Tensor:
     """Kernel offsets in torchsparse order.
 
     Args:
         kernel_size: (Kx, Ky, Kz).
         dilation: per-axis dilation (multiplies the offsets).
+        corner: per-axis offsets ``0 .. K-1`` (a strided conv under release semantics: the
+            position inside the parent cell) instead of ``i - (K - 1) // 2``.
 
     Returns:
         (Kx * Ky * Kz, 3) int64 offsets in units of the input tensor stride.
     """
     axes = [
-        (torch.arange(k, dtype=torch.int64) - (k - 1) // 2) * d
+        (torch.arange(k, dtype=torch.int64) - (0 if corner else (k - 1) // 2)) * d
         for k, d in zip(kernel_size, dilation, strict=True)
     ]
     volume = kernel_size[0] * kernel_size[1] * kernel_size[2]
@@ -347,7 +363,7 @@ def lookup_neighbors(
 
 @functools.lru_cache(maxsize=64)
 def _column_plan(
-    kernel_size: tuple[int, int, int], dilation: tuple[int, int, int]
+    kernel_size: tuple[int, int, int], dilation: tuple[int, int, int], corner: bool = False
 ) -> tuple[tuple[tuple[int, int, int], ...], tuple[int, ...], int] | None:
     """Kernel offsets grouped into z columns for :func:`lookup_neighbors_by_column`.
 
@@ -357,7 +373,7 @@ def _column_plan(
         column-major, and the common column length; None when a column's z offsets are not
         consecutive (z dilation) or the columns differ in length.
     """
-    offsets = kernel_offsets(kernel_size, dilation).tolist()
+    offsets = kernel_offsets(kernel_size, dilation, corner=corner).tolist()
     columns: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for k, (ox, oy, oz) in enumerate(offsets):
         columns.setdefault((ox, oy), []).append((oz, k))
@@ -394,6 +410,7 @@ def lookup_neighbors_by_column(
     dilation: tuple[int, int, int],
     tensor_stride: Stride,
     submanifold: bool = False,
+    corner: bool = False,
 ) -> torch.Tensor | None:
     """Same map as :func:`lookup_neighbors`, with one search per (output, z column), offset-major.
 
@@ -405,12 +422,13 @@ def lookup_neighbors_by_column(
             conv). With a symmetric kernel only the columns ``(ox, oy) <= (0, 0)`` are searched:
             ``nbr[q, k] = p`` iff ``nbr[p, opposite(k)] = q``, so the other half is scattered
             from them (5 searches per output instead of 9 for k3).
+        corner: offsets ``0 .. K-1`` (see :func:`kernel_offsets`).
 
     Returns:
         (K, N_out) int64 rows (-1: none), i.e. ``lookup_neighbors(...).t()``, or None when the
         kernel has no column layout (z dilation): use :func:`lookup_neighbors`.
     """
-    plan = _column_plan(kernel_size, dilation)
+    plan = _column_plan(kernel_size, dilation, corner)
     if plan is None:
         return None
     starts, order, length = plan
@@ -419,7 +437,7 @@ def lookup_neighbors_by_column(
     volume = math.prod(kernel_size)
     if n_out == 0 or table.num_rows == 0:
         return torch.full((volume, n_out), -1, dtype=torch.int64, device=device)
-    opposite = _opposite_offsets(kernel_size, dilation) if submanifold else None
+    opposite = _opposite_offsets(kernel_size, dilation) if submanifold and not corner else None
     if opposite is not None:
         searched = [c for c, (ox, oy, _) in enumerate(starts) if (ox, oy) <= (0, 0)]
         mirrored = [c for c in searched if starts[c][:2] != (0, 0)]
@@ -485,8 +503,9 @@ def _parent_offset_index(
     kernel_size: tuple[int, int, int], device: torch.device
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Kernel index of each in-parent position ``i`` (per axis in [0, K)) for kernels whose offsets
-    are ``0 .. K-1`` (K <= 2): a table indexed by ``(ix * Ky + iy) * Kz + iz``."""
-    offsets = kernel_offsets(kernel_size, device=device)
+    are ``0 .. K-1`` (K <= 2, or any K under release semantics): a table indexed by
+    ``(ix * Ky + iy) * Kz + iz``."""
+    offsets = kernel_offsets(kernel_size, device=device, corner=True)
     ky, kz = kernel_size[1], kernel_size[2]
     lin = (offsets[:, 0] * ky + offsets[:, 1]) * kz + offsets[:, 2]
     table = torch.empty_like(lin)
@@ -502,7 +521,8 @@ def neighbors_from_parents(
     conv_stride: tuple[int, int, int],
     tensor_stride: Stride,
 ) -> torch.Tensor:
-    """(K, N_out) map of a down-sampling with kernel == stride <= 2 from each input's parent row.
+    """(K, N_out) map of a down-sampling with kernel == stride from each input's parent row (offsets
+    ``0 .. K-1``: any K <= 2, or any K under release semantics).
 
     Args:
         in_coords: (N_in, 4) input coordinates (multiples of ``tensor_stride``).
@@ -510,8 +530,8 @@ def neighbors_from_parents(
         num_out: N_out.
 
     Every input sits at ``i = (c - parent) / tensor_stride`` in [0, K) per axis inside its parent,
-    which is kernel offset ``o = i`` (``(K - 1) // 2 = 0`` for K <= 2): ``nbr[parent, k(i)] =
-    input``. Returned offset-major, i.e. ``lookup_neighbors(...).t()``.
+    which is kernel offset ``o = i``: ``nbr[parent, k(i)] = input``. Returned offset-major, i.e.
+    ``lookup_neighbors(...).t()``.
     """
     device = in_coords.device
     volume = math.prod(kernel_size)
@@ -532,19 +552,45 @@ def neighbors_from_parents(
     return table
 
 
+def release_output_bound(
+    coords: torch.Tensor,
+    tensor_stride: Stride,
+    kernel_size: tuple[int, int, int],
+    conv_stride: tuple[int, int, int],
+) -> torch.Tensor:
+    """torchsparse 2.1's default-mode bound on a strided conv's outputs (no padding, no spatial
+    range): per axis ``(max_in - (K - 1)) // s`` in output level units, max_in in input level units.
+
+    Returns:
+        (3,) int64 (empty input: -1, nothing kept).
+    """
+    device = coords.device
+    if coords.shape[0] == 0:
+        return torch.full((3,), -1, dtype=torch.int64, device=device)
+    ts = torch.tensor(tensor_stride, dtype=torch.int64, device=device)
+    ks = torch.tensor(kernel_size, dtype=torch.int64, device=device)
+    cs = torch.tensor(conv_stride, dtype=torch.int64, device=device)
+    max_in = torch.div(coords[:, 1:].to(torch.int64).amax(dim=0), ts, rounding_mode="floor")
+    return torch.div(max_in - (ks - 1), cs, rounding_mode="floor")
+
+
 def downsample_coords(
     coords: torch.Tensor,
     tensor_stride: Stride,
     kernel_size: tuple[int, int, int],
     conv_stride: tuple[int, int, int],
     return_parent: bool = False,
+    release: bool = False,
 ) -> tuple[torch.Tensor, HashTable] | tuple[torch.Tensor, HashTable, torch.Tensor | None]:
     """Output coordinates of a strided convolution and their (already sorted) hash table.
 
     Args:
         coords: (N, 4) input coordinates at ``tensor_stride``.
         return_parent: also return the output row ``floor(c / S) * S`` of every input (kernel ==
-            stride on every strided axis; None otherwise).
+            stride on every strided axis; None otherwise); -1 for an input whose parent is
+            dropped (release semantics).
+        release: torchsparse 2.1 default-mode semantics (see the module docstring): offsets
+            ``0 .. K-1``, outputs in ``[0, release_output_bound]`` per axis.
 
     Returns:
         (M, 4) int32 output coordinates sorted by ``(b, x, y, z)``, and their hash table (and the
@@ -556,6 +602,29 @@ def downsample_coords(
     big = ts * cs
     c = coords.to(torch.int64)
     parent = None
+    if release:
+        bound = release_output_bound(coords, tensor_stride, kernel_size, conv_stride)
+        offsets = kernel_offsets(kernel_size, device=device, corner=True)
+        level = torch.div(c[:, 1:], ts, rounding_mode="floor")
+        # Output q sees input p through offset j when p = q * s + j.
+        cand = level[:, None, :] - offsets[None, :, :]
+        q = torch.div(cand, cs, rounding_mode="floor")
+        ok = ((torch.remainder(cand, cs) == 0) & (q >= 0) & (q <= bound)).all(dim=2)
+        out = torch.cat([c[:, None, :1].expand(-1, offsets.shape[0], 1), q * big], dim=2)
+        if return_parent and kernel_size == conv_stride:
+            # One candidate per input (j = p mod s): its parent, or none.
+            hit = ok.any(dim=1)
+            first = ok.to(torch.int8).argmax(dim=1)
+            keys = hash_coords(out[torch.arange(c.shape[0], device=device), first])
+            keys_hit = keys[hit]
+            uniq, inverse = torch.unique(keys_hit, return_inverse=True)
+            parent = torch.full((c.shape[0],), -1, dtype=torch.int64, device=device)
+            parent[hit] = inverse
+            return unhash_coords(uniq), HashTable(uniq, assume_sorted=True), parent
+        keys = torch.unique(hash_coords(out[ok]))
+        if return_parent:
+            return unhash_coords(keys), HashTable(keys, assume_sorted=True), None
+        return unhash_coords(keys), HashTable(keys, assume_sorted=True)
     if all(s in (1, k) for s, k in zip(conv_stride, kernel_size, strict=True)):
         out = c.clone()
         out[:, 1:] = torch.div(c[:, 1:], big, rounding_mode="floor") * big
@@ -592,14 +661,16 @@ def get_kernel_map(
     if kmap is not None and kmap.num_in == x.num_points:
         return kmap
     fast = not use_reference_paths()
-    # Kernel == stride <= 2 on every axis (the U-Net's 2x2x2 stride-2 down-sampling): each input
-    # voxel has one parent and one offset in it.
+    release = x.cache.release_semantics and conv_stride != (1, 1, 1)
+    # Kernel == stride <= 2 on every axis (the U-Net's 2x2x2 stride-2 down-sampling; any size
+    # under release semantics, whose offsets are the positions 0 .. K-1 inside the parent): each
+    # input voxel has one parent and one offset in it.
     by_parent = (
         fast
         and conv_stride != (1, 1, 1)
         and dilation == (1, 1, 1)
         and kernel_size == conv_stride
-        and max(kernel_size) <= 2
+        and (max(kernel_size) <= 2 or release)
         and _aligned(x.coords, x.stride)
     )
     parent = None
@@ -610,7 +681,7 @@ def get_kernel_map(
         out_coords = x.cache.coords.get(out_stride)  # type: ignore[arg-type]
         if out_coords is None:
             out_coords, out_table, *rest = downsample_coords(
-                x.coords, x.stride, kernel_size, conv_stride, return_parent=by_parent
+                x.coords, x.stride, kernel_size, conv_stride, by_parent, release
             )
             parent = rest[0] if rest else None
             x.cache.coords[out_stride] = out_coords  # type: ignore[index]
@@ -627,8 +698,13 @@ def get_kernel_map(
                 x.cache.hashtables[out_stride] = out_table  # type: ignore[index]
             c = x.coords.to(torch.int64)
             big = torch.tensor(out_stride, dtype=torch.int64, device=c.device)
-            pc = torch.cat([c[:, :1], torch.div(c[:, 1:], big, rounding_mode="floor") * big], 1)
-            parent = out_table.lookup(hash_coords(pc))
+            q = torch.div(c[:, 1:], big, rounding_mode="floor")
+            parent = out_table.lookup(hash_coords(torch.cat([c[:, :1], q * big], 1)))
+            if release:
+                # This conv's own bound, whatever coordinates an earlier conv registered there.
+                bound = release_output_bound(x.coords, x.stride, kernel_size, conv_stride)
+                inside = ((q >= 0) & (q <= bound)).all(dim=1)
+                parent = torch.where(inside, parent, torch.full_like(parent, -1))
         nbr_t = neighbors_from_parents(
             x.coords, parent, out_coords.shape[0], kernel_size, conv_stride, x.stride
         )
@@ -640,7 +716,18 @@ def get_kernel_map(
             dilation,
             x.stride,
             submanifold=out_coords is x.coords,
+            corner=release,
         )
+    if release and not by_parent:
+        # Outputs an earlier conv registered beyond this conv's bound receive nothing here.
+        bound = release_output_bound(x.coords, x.stride, kernel_size, conv_stride)
+        big = torch.tensor(out_stride, dtype=torch.int64, device=out_coords.device)
+        q = torch.div(out_coords[:, 1:].to(torch.int64), big, rounding_mode="floor")
+        outside = ~((q >= 0) & (q <= bound)).all(dim=1)
+        if nbr_t is None:
+            offsets = kernel_offsets(kernel_size, dilation, device=x.device, corner=True)
+            nbr_t = lookup_neighbors(x.hashtable(), out_coords, offsets, x.stride).t()
+        nbr_t = nbr_t.masked_fill(outside[None, :], -1).contiguous()
     identity = volume // 2 if conv_stride == (1, 1, 1) and volume % 2 == 1 else None
     common = dict(
         num_in=x.num_points, out_coords=out_coords, out_stride=out_stride, identity_k=identity
@@ -648,7 +735,7 @@ def get_kernel_map(
     if nbr_t is not None:
         kmap = KernelMap.from_offset_major(nbr_t, **common)  # type: ignore[arg-type]
     else:
-        offsets = kernel_offsets(kernel_size, dilation, device=x.device)
+        offsets = kernel_offsets(kernel_size, dilation, device=x.device, corner=release)
         nbr = lookup_neighbors(x.hashtable(), out_coords, offsets, x.stride)
         kmap = KernelMap(nbr=nbr, **common)  # type: ignore[arg-type]
     x.cache.kmaps[key] = kmap

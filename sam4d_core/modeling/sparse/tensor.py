@@ -53,11 +53,17 @@ class SparseCache:
         hashtables: stride -> :class:`HashTable` over ``coords[stride]``.
         kmaps: (stride, kernel_size, conv_stride, dilation) -> :class:`KernelMap` of the forward
             (non-transposed) convolution from level ``stride``.
+        release_semantics: strided convolutions follow torchsparse 2.1's default kernel-map mode
+            (``hashmap_on_the_fly``), as the released SAM4D was trained: output coordinates
+            bounded per axis by ``(max_in - (K - 1)) // s`` (level units) and kernel offsets
+            ``0 .. K-1`` (the position inside the parent cell). Off: every parent is kept and
+            offsets are centred (``i - (K - 1) // 2``). See :mod:`.kernel_map`.
     """
 
     coords: dict[Stride, torch.Tensor] = field(default_factory=dict)
     hashtables: dict[Stride, HashTable] = field(default_factory=dict)
     kmaps: dict[tuple[Any, ...], KernelMap] = field(default_factory=dict)
+    release_semantics: bool = False
 
 
 class SparseTensor:
@@ -95,7 +101,9 @@ class SparseTensor:
             # Another coordinate set at a stride the cache already knows: its hash table and kernel
             # maps would be wrong for this tensor, so it starts a cache of its own. (An identity
             # check, no device sync; an equal copy only costs rebuilding the maps.)
-            cache = SparseCache(coords={self.stride: coords})
+            cache = SparseCache(
+                coords={self.stride: coords}, release_semantics=cache.release_semantics
+            )
         self.cache = cache
 
     # torchsparse-style short names, handy when porting code that uses them.
@@ -137,7 +145,8 @@ class SparseTensor:
 
     def to(self, device: torch.device | str) -> SparseTensor:
         """Moves features and coordinates; the cache is not moved (it is rebuilt on demand)."""
-        return SparseTensor(self.feats.to(device), self.coords.to(device), self.stride)
+        cache = SparseCache(release_semantics=self.cache.release_semantics)
+        return SparseTensor(self.feats.to(device), self.coords.to(device), self.stride, cache)
 
     def __add__(self, other: SparseTensor) -> SparseTensor:
         if other.coords is not self.coords and other.coords.shape != self.coords.shape:

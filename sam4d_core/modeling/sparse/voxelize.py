@@ -14,6 +14,12 @@ stride (``floor(p / s) * s``), pools the token positions (mean raw xyz of the po
 stride-16 voxel) and trilinearly interpolates per-voxel logits back to the points
 (:func:`devoxelize`).
 
+Exact-release mode (``release=True`` below; the official checkpoint's mode): step 1 divides in
+float64, as the released data pipeline does (``LoadPointsFromFile`` concatenates a float64 column,
+so ``SparseVoxelization`` divides float64 points by a float64 0.05; float32 moves points that lie on
+a 1 cm grid to the neighbouring cell in ~15 % of cases), and devoxelization is the released
+``voxel_to_point`` (:func:`released_devoxelize_weights`), not a trilinear interpolation.
+
 All functions are pure PyTorch and device-agnostic; accumulations use ``scatter_add`` with an index
 expanded to [N, C] (ONNX exports it cleanly, unlike ``index_add_``).
 """
@@ -155,6 +161,7 @@ def sam4d_voxelize(
     feats: torch.Tensor | None = None,
     pre_voxel_size: float = 0.05,
     voxel_size: float = 0.15,
+    release: bool = False,
 ) -> Sam4dVoxels:
     """SAM4D's two-step voxelization (see the module docstring), batched.
 
@@ -165,6 +172,8 @@ def sam4d_voxelize(
         feats: (N, C) per-point features (default: a constant 1, SAM4D's input feature).
         pre_voxel_size: step-1 quantum (0.05 m).
         voxel_size: the backbone's voxel size (0.15 m).
+        release: step 1 in float64 (the released pipeline); float32 otherwise. Give float64
+            points to reproduce a float64 input exactly (float32 ones are upcast exactly).
 
     Returns:
         :class:`Sam4dVoxels`.
@@ -174,8 +183,10 @@ def sam4d_voxelize(
     batch = _batch_or_zeros(batch_idx, n, device)
     if feats is None:
         feats = torch.ones(n, 1, dtype=torch.float32, device=device)
-    # Step 1: truncation toward zero (float32 division, then int32 cast), shift to the minimum.
-    c = (points[:, :3].float() / pre_voxel_size).to(torch.int32).to(torch.int64)
+    # Step 1: truncation toward zero (float32 / float64 division, then int32 cast), shift to the
+    # minimum.
+    xyz = points[:, :3].double() if release else points[:, :3].float()
+    c = (xyz / pre_voxel_size).to(torch.int32).to(torch.int64)
     num_batches = int(batch.max().item()) + 1 if n > 0 else 1
     mins = torch.zeros(num_batches, 3, dtype=torch.int64, device=device).scatter_reduce(
         0, batch[:, None].expand(-1, 3), c, reduce="amin", include_self=False
@@ -330,6 +341,74 @@ def _devoxelize_weights_per_voxel(
     return rows, w
 
 
+def released_devoxelize_weights(
+    x: SparseTensor,
+    point_grid_coords: torch.Tensor,
+    point_batch: torch.Tensor,
+    voxels: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and weights of the released SAM4D's ``voxel_to_point`` (torchsparse 2.1 functions).
+
+    What the released code computes (``sam4d/pv_cnn_utils.py::voxel_to_point`` with torchsparse's
+    ``get_kernel_offsets``, ``sphash`` and ``calc_ti_weights``), for a stride-s tensor ``x``:
+
+    - neighbours: ``get_kernel_offsets(2, x.s)`` gives the offsets ``{0, s}^3`` (z fastest), and
+      they are added to the point's *level* coordinates ``floor(p / s)``: the 8 candidates are
+      the point's own stride-s voxel and the voxels ``s`` cells (of that level) away in +x / +y /
+      +z, not the adjacent ones;
+    - weights: ``calc_ti_weights`` reads the coordinates as ``(x, y, z)`` from the first three
+      columns of ``[batch, x, y, z]``, so its "x" is the batch index, "y" the grid x and "z" the
+      grid y, each in cells of ``s``: ``w_k = prod(hi or lo)`` with ``hi = pf + s - q``, ``lo = q -
+      pf``, ``pf = floor(q / s) * s``, divided by ``s ** 3``; missing neighbours get 0 and the rest
+      is normalised by ``sum + 1e-8``. For batch 0 only corners 0-3 weigh: own voxel
+      ``(1-fx)(1-fy)``, +z ``(1-fx) fy``, +y ``fx (1-fy)``, +y+z ``fx fy``.
+
+    Args:
+        x: the sparse tensor to sample (stride-4 voxels in SAM4D), input-grid coordinates.
+        point_grid_coords: (N, 3) float32 point coordinates in input-grid units.
+        point_batch: (N,) batch index per point.
+        voxels: optional ``(coords, point_to_voxel)`` of the stride-1 voxelization of these
+            points: the neighbour lookups then run once per stride-1 voxel (same rows).
+
+    Returns:
+        rows (N, 8) int64 (-1 missing) and weights (N, 8) float32, for :func:`devoxelize`.
+    """
+    s = int(x.stride[0])  # torchsparse uses x.s[0] on every axis
+    device = point_grid_coords.device
+    corners = _CORNERS.to(device) * s  # level units
+    if voxels is not None and _power_of_two(x.stride) and not use_reference_paths():
+        coords, point_to_voxel = voxels
+        c = coords.to(torch.int64)
+        b, level = c[:, :1], torch.div(c[:, 1:], s, rounding_mode="floor")
+    else:
+        point_to_voxel = None
+        b = point_batch.to(torch.int64)[:, None]
+        level = torch.floor(point_grid_coords.float() / s).to(torch.int64)
+    cells = (level[:, None, :] + corners[None]) * s  # back to input-grid units
+    coords4 = torch.cat([b[:, None, :].expand(-1, 8, 1), cells], dim=2)
+    rows = x.hashtable().lookup(hash_coords(coords4))
+    if point_to_voxel is not None:
+        rows = rows.index_select(0, point_to_voxel)
+    # calc_ti_weights on [batch, gx, gy, gz]: its x, y, z are the first three columns.
+    q = torch.cat([point_batch.to(torch.float32)[:, None], point_grid_coords.float()[:, :2]], 1)
+    pf = torch.floor(q / s) * s
+    pc = pf + s
+    hi, lo = pc - q, q - pf
+    w = torch.stack(
+        [
+            (lo[:, 0] if k & 4 else hi[:, 0])
+            * (lo[:, 1] if k & 2 else hi[:, 1])
+            * (lo[:, 2] if k & 1 else hi[:, 2])
+            for k in range(8)
+        ],
+        dim=1,
+    )
+    w = w / float(s**3)
+    w = torch.where(rows >= 0, w, torch.zeros_like(w))
+    w = w / (w.sum(dim=1, keepdim=True) + 1e-8)
+    return rows, w
+
+
 def devoxelize(feats: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Trilinear interpolation of voxel features to points.
 
@@ -385,6 +464,7 @@ __all__ = [
     "devoxelize_weights",
     "points_to_voxel_index",
     "pool_points_to_voxels",
+    "released_devoxelize_weights",
     "sam4d_voxelize",
     "scatter_mean",
     "voxel_to_point",
