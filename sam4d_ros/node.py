@@ -774,11 +774,11 @@ class Sam4dNode(Node):
         try:
             result = self.tracker.add_prompts(batch.prompts)
         except TrackerPromptError as e:
-            self.ids.release(batch.new_ids)
+            self.ids.cancel(batch.new_ids)
             req.answer(False, f"the tracker refused the prompts: {e}; nothing was changed")
             return
         except Exception:
-            self.ids.release(batch.new_ids)
+            self.ids.cancel(batch.new_ids)
             raise
         ids = sorted(set(batch.object_ids))
         stamps = {p.stamp for p in batch.prompts}

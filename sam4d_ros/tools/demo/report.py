@@ -299,6 +299,7 @@ def build_report(
                 "sent_after_s": None if p.sent_wall_s is None else round(p.sent_wall_s, 3),
                 "success": p.success,
                 "message": p.message,
+                "refused_first": p.refused_first,
                 "object_id": p.object_id,
                 "gt_object_id": p.gt_object_id,
             }
