@@ -117,3 +117,26 @@ def test_runtime_parameter_changes_are_validated(make_node):
     r = node.set_parameters([Parameter("model.device", value="cuda")])  # read-only
     assert not r[0].successful
     assert node.params.sync_max_wait_s == 0.3
+
+
+def test_the_budget_warning_is_logged_once_per_change_of_state(make_node, capfd):
+    """Over the processing budget on every sweep: one warning when it goes over, none per sweep
+    after; /diagnostics carries the state and the counts; one line when back within."""
+    from rclpy.parameter import Parameter
+
+    node, rec = make_node(**{"diagnostics.processing_budget_ms": 1.0})
+    for s in rec.sweeps[:3]:
+        node.process_sweep(synced(s, node._tf))
+    values = {kv.key: kv.value for kv in statuses(node)["processing"].values}
+    assert values["over_budget"] == "true" and values["sweeps_over_budget"] == "3"
+    assert values["over_budget_episodes"] == "1" and values["sweeps_over_budget_now"] == "3"
+    assert node.set_parameters([Parameter("diagnostics.processing_budget_ms", value=60000.0)])[
+        0
+    ].successful
+    node.process_sweep(synced(rec.sweeps[3], node._tf))
+    err = capfd.readouterr().err
+    assert err.count("over the 1 ms budget") == 1, err
+    assert err.count("processing back within the 60000 ms budget") == 1, err
+    assert "after 3 sweep(s) over it" in err
+    values = {kv.key: kv.value for kv in statuses(node)["processing"].values}
+    assert values["over_budget"] == "false" and values["sweeps_over_budget"] == "3"
