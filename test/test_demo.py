@@ -248,3 +248,17 @@ def test_the_cli_rejects_bad_options_before_starting_anything(tmp_path) -> None:
     bad = _demo("--bag", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_each_run_gets_a_new_timestamped_folder(tmp_path) -> None:
+    """Without --out a run writes into a new folder under .build/demo/ (never over the last)."""
+    import time
+
+    from sam4d_ros.tools.demo import new_run_folder
+
+    now = time.mktime((2026, 12, 4, 18, 45, 12, 0, 0, -1))
+    a = new_run_folder(tmp_path / "demo", now)
+    b = new_run_folder(tmp_path / "demo", now)
+    assert a.name == "20261204-184512" and b.name == "20261204-184512-2"
+    assert a.is_dir() and b.is_dir() and not any(b.iterdir())
+    assert (tmp_path / "demo" / "latest").resolve() == b.resolve()
