@@ -18,6 +18,7 @@ on stdout at the end. Outputs appear atomically: a failed run leaves nothing hal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -352,7 +353,7 @@ def _camera_renames(pairs: list[str]) -> dict[str, str]:
         src, sep, dst = text.partition("=")
         if not sep or not src or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", dst):
             raise ValueError(
-                f"--camera-name {text!r}: expected KITTI_FOLDER=NAME, e.g. image_02=front "
+                f"--camera-name {text!r}: expected CAMERA=NAME, e.g. image_02=front "
                 "(NAME: letters, digits, _)"
             )
         out[src] = dst
@@ -387,9 +388,24 @@ def cmd_kitti_to_bag(args: argparse.Namespace) -> list[tuple[str, str]]:
 def cmd_nuscenes_to_bag(args: argparse.Namespace) -> list[tuple[str, str]]:
     from sam4d_core.data.nuscenes_sample import read_nuscenes_sample
 
-    seq = read_nuscenes_sample(args.input)
+    renames = _camera_renames(args.camera_name)
+    seq = read_nuscenes_sample(args.input, cameras=tuple(args.cameras) if args.cameras else None)
+    unknown = sorted(set(renames) - set(seq.frames[0].cameras))
+    if unknown:
+        raise ValueError(f"--camera-name for {unknown}, which are not converted")
+    for f in seq.frames:
+        f.cameras = {
+            renames.get(c, c): dataclasses.replace(cam, name=renames.get(c, c))
+            for c, cam in f.cameras.items()
+        }
     _sequence_to_bag(seq, args.output, args, args.stats)
-    return []
+    names = list(seq.frames[0].cameras)
+    return [
+        ("timestamps", "calib.json timestamp_s (LiDAR) and cameras.<CAM>.timestamp_s"),
+        ("poses", "calib.json ego2global @ lidar.lidar2ego (one key frame: no motion)"),
+        ("calibration", "calib.json cameras.<CAM>.intrinsics and lidar2cam"),
+        ("prompt a camera as", ", ".join(f"{n}:U,V" for n in names)),
+    ]
 
 
 def _bag_reader(args: argparse.Namespace) -> SequenceBagReader:
@@ -603,7 +619,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], list[tuple[str, str]]],
     "synthetic-to-bag": (cmd_synthetic_to_bag, "synthetic sequence -> rosbag2"),
     "waymo-to-bag": (cmd_waymo_to_bag, "Waymo-4DSeg sequence -> rosbag2 (streamed)"),
     "kitti-to-bag": (cmd_kitti_to_bag, "KITTI raw drive folder (as downloaded) -> rosbag2"),
-    "nuscenes-to-bag": (cmd_nuscenes_to_bag, "nuScenes sample (shared/data layout) -> rosbag2"),
+    "nuscenes-to-bag": (
+        cmd_nuscenes_to_bag,
+        "one nuScenes key frame (the sample layout) -> rosbag2",
+    ),
     "bag-to-waymo": (cmd_bag_to_waymo, "rosbag2 -> Waymo-4DSeg root"),
     "bag-to-frames": (cmd_bag_to_frames, "rosbag2 -> per-frame PNG / npz / JSON folders"),
 }
@@ -639,6 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--sequence", help="sequence name (needed when the root has several)")
         if src == "kitti":
             _add_kitti(p)
+        if src == "nuscenes":
+            p.add_argument("--cameras", nargs="+", metavar="CAM",
+                           help="cameras to convert (default all six, CAM_FRONT ...)")  # fmt: skip
+            p.add_argument("--camera-name", action="append", default=[], metavar="CAM=NAME",
+                           help="name a camera in the bag, e.g. CAM_FRONT=front")  # fmt: skip
         if src == "bag":
             _add_bag_input(p)
         if dst == "bag":

@@ -256,10 +256,20 @@ def _print_summary(rep: dict[str, Any], out: Path, frames: int) -> None:
         f"at rate {rep['rate']:g}; processing p50 {fmt_value(lat['processing']['p50'], 0)} ms, "
         f"pipeline latency p50 {fmt_value(lat['pipeline']['p50'], 0)} ms"
     )
+    for o in rep["objects"]:
+        n = o["frames_with_output"]
+        masks = ", ".join(f"{k} {v}/{n}" for k, v in o["frames_with_mask"].items())
+        agree = ", ".join(f"{k} {fmt_value(v, 2)}" for k, v in o["cross_modal_agreement"].items())
+        say(
+            f"object {o['object_id']}: non-empty mask in {masks} frames; cross-modal agreement "
+            f"{agree or 'n/a'}; lost in {o['frames_lost']} frame(s)"
+            + (", lost at the end" if o["lost"] else "")
+        )
     for e in rep["evaluation"]:
         say(
-            f"object {e['object_id']}: tracked in {e['frames_tracked']}/{e['frames_evaluated']} "
-            f"frames, mean image IoU {fmt_value(e['mean_image_iou'])}, "
+            f"object {e['object_id']} against the ground truth: tracked in "
+            f"{e['frames_tracked']}/{e['frames_evaluated']} frames, "
+            f"mean image IoU {fmt_value(e['mean_image_iou'])}, "
             f"mean LiDAR IoU {fmt_value(e['mean_lidar_iou'])}"
         )
     say(f"report: {out / 'report.md'} (and report.json)")
