@@ -266,6 +266,8 @@ def _print_summary(rep: dict[str, Any], out: Path, frames: int) -> None:
             + (", lost at the end" if o["lost"] else "")
         )
     for e in rep["evaluation"]:
+        if e["gt_object_id"] is None:
+            continue  # no ground truth for it: the lines above are all there is
         say(
             f"object {e['object_id']} against the ground truth: tracked in "
             f"{e['frames_tracked']}/{e['frames_evaluated']} frames, "

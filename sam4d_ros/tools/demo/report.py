@@ -379,9 +379,9 @@ def objects_markdown(rep: dict[str, Any]) -> list[str]:
         "Non-empty mask: frames in which the object has LiDAR points / pixels in a camera. "
         "Agreement: share of the object's LiDAR points (among those that project into the "
         "camera) that land inside its own mask there; a mask on the sky or on another object "
-        "scores low. Lost: frames with no point and no pixel (or not listed), "
-        + (rep["objects"][0]["lost_source"] if rep["objects"] else "")
-        + ".",
+        "scores low; n/a: none of its points projects into the camera. Lost: "
+        + (rep["objects"][0]["lost_source"] if rep["objects"] else "n/a")
+        + ". The presence score stays near 1 on wrong or empty masks: it is no quality signal.",
         "",
         "| id | frames | non-empty LiDAR | "
         + " | ".join(f"non-empty {c}" for c in cams)
