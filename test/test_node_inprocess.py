@@ -140,3 +140,25 @@ def test_the_budget_warning_is_logged_once_per_change_of_state(make_node, capfd)
     assert "after 3 sweep(s) over it" in err
     values = {kv.key: kv.value for kv in statuses(node)["processing"].values}
     assert values["over_budget"] == "false" and values["sweeps_over_budget"] == "3"
+
+
+def test_a_prompt_the_tracker_refuses_does_not_use_up_an_id(make_node):
+    """A click between two buffered sweeps (a dropped sweep's stamp) is refused by the tracker
+    after the node reserved an id for it; the next click still gets object 1 (issue 22: a KITTI
+    run's first three objects were 2, 3, 4)."""
+    from test_prompts import lidar_prompt
+
+    from sam4d_ros.node import _Request
+
+    node, rec = make_node()
+    for s in (rec.sweeps[0], rec.sweeps[2]):  # sweep 1 dropped
+        node.process_sweep(synced(s, node._tf))
+    frame = node._lidar_frame
+    answers = []
+    for stamp in (rec.sweeps[1].stamp_ns, rec.sweeps[2].stamp_ns):
+        req = _Request("add_prompts", ([lidar_prompt(frame=frame, stamp_ns=stamp)], False), "test")
+        node._requests.put(req)
+        node.serve_requests()
+        answers.append((req.success, req.object_ids, req.message))
+    assert answers[0][0] is False and "no buffered frame" in answers[0][2], answers[0]
+    assert answers[1][:2] == (True, [1]), answers[1]
