@@ -26,7 +26,7 @@ BUILD_INPUTS := package.xml CMakeLists.txt $(shell find msg srv sam4d_ros sam4d_
 
 help:
 	@echo "make demo               set up if needed, then the main job: the node on the bundled"
-	@echo "                        recording, prompted; report + video in .build/demo/"
+	@echo "                        recording, prompted; report + video in a new .build/demo/<time>/"
 	@echo "                        (DEMO_ARGS='--bag DIR --prompt front:320,200@0.3' for others)"
 	@echo "make test               set up .venv and .build if needed, then run the tests"
 	@echo "make env | build        only the venv | the venv and the colcon build"

@@ -68,6 +68,7 @@ from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from sam4d_ros.budget import BudgetWatch
 from sam4d_ros.conversions.stamps import stamp_to_ns
 from sam4d_ros.frame_builder import BuiltFrame, FrameBuilder, FrameBuildError
 from sam4d_ros.msg import Prompt, TrackedObjects
@@ -376,6 +377,7 @@ class Sam4dNode(Node):
         self._throttle = _LogThrottle(log)
         self.params: NodeParameters = declare_parameters(self)
         p = self.params
+        self._budget = BudgetWatch(p.processing_budget_ms)
         log.info(
             f"loading model (config '{p.model_config or 'from the checkpoint'}', checkpoint "
             f"{p.model_checkpoint}, device {p.device})"
@@ -774,11 +776,11 @@ class Sam4dNode(Node):
         try:
             result = self.tracker.add_prompts(batch.prompts)
         except TrackerPromptError as e:
-            self.ids.release(batch.new_ids)
+            self.ids.cancel(batch.new_ids)
             req.answer(False, f"the tracker refused the prompts: {e}; nothing was changed")
             return
         except Exception:
-            self.ids.release(batch.new_ids)
+            self.ids.cancel(batch.new_ids)
             raise
         ids = sorted(set(batch.object_ids))
         stamps = {p.stamp for p in batch.prompts}
@@ -993,12 +995,9 @@ class Sam4dNode(Node):
                 st.processed += 1
                 st.last_processing_ms = processing_ms
                 st.last_latency_ms = latency_ms
-        if processing_ms is not None and processing_ms > self.params.processing_budget_ms:
-            self._throttle.log(
-                "budget", "warning",
-                f"processing took {processing_ms:.0f} ms, over the "
-                f"{self.params.processing_budget_ms:g} ms budget",
-            )  # fmt: skip
+        if processing_ms is not None:  # logged on a change of state only (sam4d_ros.budget)
+            self._budget.budget_ms = self.params.processing_budget_ms
+            self._budget.log(self.get_logger(), processing_ms)
 
     # -- diagnostics
 
@@ -1027,6 +1026,7 @@ class Sam4dNode(Node):
                         "sweeps_skipped": st.skipped,
                         "pipeline_latency_ms": st.last_latency_ms
                         if st.last_latency_ms is not None else "n/a",
+                        **self._budget.values(),
                         **{f"published.{k}": v for k, v in sorted(st.published.items())},
                     },
                 )

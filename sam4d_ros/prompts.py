@@ -152,6 +152,7 @@ class ObjectIdRegistry:
         self._lock = threading.Lock()
         self._tracked: set[int] = set()
         self._next = 1
+        self._last_batch: tuple[int, int, frozenset[int]] | None = None
 
     def tracked(self) -> frozenset[int]:
         with self._lock:
@@ -188,9 +189,23 @@ class ObjectIdRegistry:
                 new.append(candidate)
                 taken.add(candidate)
                 candidate = candidate % MAX_OBJECT_ID + 1
+            # Remembered so that a batch the tracker refuses gives its new ids back (cancel):
+            # the first object of a session is 1 even when its first attempt was refused.
+            self._last_batch = (self._next, candidate, frozenset(new))
             self._next = candidate
             self._tracked.update(new)
             return out, new
+
+    def cancel(self, new_ids: Iterable[int]) -> None:
+        """Give back the new ids of a batch that was refused: forget them and, when that batch was
+        the last one reserved, allocate from where it started again (no id is skipped)."""
+        ids = frozenset(int(i) for i in new_ids)
+        with self._lock:
+            self._tracked.difference_update(ids)
+            last = self._last_batch
+            if last is not None and last[2] == ids and self._next == last[1]:
+                self._next = last[0]
+            self._last_batch = None
 
     def release(self, ids: Iterable[int]) -> None:
         """Forget ids (removed objects, or a batch the tracker refused)."""
@@ -202,6 +217,7 @@ class ObjectIdRegistry:
         with self._lock:
             self._tracked.clear()
             self._next = 1
+            self._last_batch = None
 
 
 def validate_remove(object_ids: Sequence[int], tracked: Iterable[int]) -> list[int]:

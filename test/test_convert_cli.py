@@ -187,6 +187,24 @@ def test_nuscenes_to_bag(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.skipif(not NUSCENES.is_dir(), reason=f"{NUSCENES} not present")
+def test_nuscenes_to_bag_says_where_things_came_from_and_names_cameras(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["nuscenes-to-bag", str(NUSCENES), str(tmp_path / "n"), "--quiet"]
+    assert (
+        main([*argv, "--cameras", "CAM_FRONT", "CAM_BACK", "--camera-name", "CAM_FRONT=front"]) == 0
+    )
+    out = capsys.readouterr().out
+    for what in ("calib.json ego2global @ lidar.lidar2ego", "calib.json timestamp_s", "front:U,V"):
+        assert what in out, (what, out)
+    assert list(read_sequence_bag(tmp_path / "n")[0].cameras) == ["front", "CAM_BACK"]
+    # The nuScenes release layout is recognised and the error says what is read instead.
+    (tmp_path / "release" / "samples").mkdir(parents=True)
+    assert main(["nuscenes-to-bag", str(tmp_path / "release"), str(tmp_path / "r"), "--quiet"]) == 1
+    assert "nuScenes release layout" in capsys.readouterr().err
+
+
 def test_progress_bar_lines(capsys: pytest.CaptureFixture[str]) -> None:
     p = Progress("write")
     for i in range(1, 101):

@@ -85,6 +85,40 @@ def test_the_prompt_is_applied_on_its_frame_and_scored(demo) -> None:
     assert e["mean_image_iou"] is not None and e["mean_lidar_iou"] is not None
     listed = {o["object_id"]: o for o in rep["objects"]}
     assert listed[p["object_id"]]["frames_tracked"] == e["frames_tracked"]
+    # The first object of a run is object 1 (no id lost to a refused first attempt).
+    assert p["object_id"] == 1 and min(listed) == 1
+
+
+def test_the_report_tells_the_truth_without_ground_truth(demo) -> None:
+    """Per object: frames with a non-empty mask per modality, cross-modal agreement per camera
+    (both cameras are projected from the bag's CameraInfo and static TF), mask area and point
+    count over time, lost; consistent with each other and with report.md."""
+    out, rep, text = demo
+    assert rep["cross_modal_cameras"] == sorted(CAMERAS)
+    (o,) = rep["objects"]
+    n = o["frames_with_output"]
+    assert n == rep["sweeps"]["with_outputs"] and len(o["over_time"]) == 40
+    assert set(o["frames_with_mask"]) == {"lidar", *CAMERAS}
+    listed = [f for f in o["over_time"] if f["status"] == "output"]
+    assert o["frames_with_mask"]["lidar"] == sum(1 for f in listed if f["points"] > 0)
+    for cam in CAMERAS:
+        assert o["frames_with_mask"][cam] == sum(1 for f in listed if f["mask_px"][cam] > 0)
+        vals = [f["agreement"][cam] for f in listed if f["agreement"][cam] is not None]
+        assert all(0.0 <= v <= 1.0 for v in vals)
+        mean = o["cross_modal_agreement"][cam]
+        assert (mean is None) == (not vals) and (
+            not vals or abs(mean - sum(vals) / len(vals)) < 1e-9
+        )
+    lost = [f["frame"] for f in listed if f["lost"]]
+    assert o["lost_frames"] == lost and o["frames_lost"] == len(lost)
+    assert all(f["points"] == 0 and not any(f["mask_px"].values()) for f in listed if f["lost"])
+    # On the first frame the clicked object has a mask in the clicked camera and points.
+    first = o["over_time"][0]
+    assert first["mask_px"]["front"] > 0 and first["points"] > 0 and not first["lost"]
+    md = (out / "report.md").read_text()
+    assert "## Objects (no ground truth needed)" in md and "### Object 1 over time" in md
+    assert f"object 1: non-empty mask in lidar {o['frames_with_mask']['lidar']}/{n}" in text
+    assert "everything of this run is in" in text
 
 
 @pytest.mark.xfail(
@@ -248,3 +282,17 @@ def test_the_cli_rejects_bad_options_before_starting_anything(tmp_path) -> None:
     bad = _demo("--bag", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_each_run_gets_a_new_timestamped_folder(tmp_path) -> None:
+    """Without --out a run writes into a new folder under .build/demo/ (never over the last)."""
+    import time
+
+    from sam4d_ros.tools.demo import new_run_folder
+
+    now = time.mktime((2026, 12, 4, 18, 45, 12, 0, 0, -1))
+    a = new_run_folder(tmp_path / "demo", now)
+    b = new_run_folder(tmp_path / "demo", now)
+    assert a.name == "20261204-184512" and b.name == "20261204-184512-2"
+    assert a.is_dir() and b.is_dir() and not any(b.iterdir())
+    assert (tmp_path / "demo" / "latest").resolve() == b.resolve()

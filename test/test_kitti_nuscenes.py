@@ -91,6 +91,11 @@ def test_kitti_frame_selection_and_errors(tmp_path: Path) -> None:
         read_kitti_raw(tmp_path / "nope")
     (tmp_path / "calib_velo_to_cam.txt").write_bytes((KITTI / "calib_velo_to_cam.txt").read_bytes())
     (tmp_path / "calib_cam_to_cam.txt").write_text("calib_time: today\nP_rect_02: 1 2 3\n")
+    (tmp_path / "velodyne_points" / "data").mkdir(parents=True)
+    (tmp_path / "velodyne_points" / "data" / "0000000000.bin").write_bytes(b"")
+    (tmp_path / "timestamps.txt").write_text("0.0\n")
+    (tmp_path / "image_02" / "data").mkdir(parents=True)
+    (tmp_path / "image_02" / "data" / "0000000000.png").write_bytes(b"")
     with pytest.raises(DatasetError, match="'P_rect_02' must have 12 numbers"):
         read_kitti_raw(tmp_path)
 

@@ -117,3 +117,48 @@ def test_runtime_parameter_changes_are_validated(make_node):
     r = node.set_parameters([Parameter("model.device", value="cuda")])  # read-only
     assert not r[0].successful
     assert node.params.sync_max_wait_s == 0.3
+
+
+def test_the_budget_warning_is_logged_once_per_change_of_state(make_node, capfd):
+    """Over the processing budget on every sweep: one warning when it goes over, none per sweep
+    after; /diagnostics carries the state and the counts; one line when back within."""
+    from rclpy.parameter import Parameter
+
+    node, rec = make_node(**{"diagnostics.processing_budget_ms": 1.0})
+    for s in rec.sweeps[:3]:
+        node.process_sweep(synced(s, node._tf))
+    values = {kv.key: kv.value for kv in statuses(node)["processing"].values}
+    assert values["over_budget"] == "true" and values["sweeps_over_budget"] == "3"
+    assert values["over_budget_episodes"] == "1" and values["sweeps_over_budget_now"] == "3"
+    assert node.set_parameters([Parameter("diagnostics.processing_budget_ms", value=60000.0)])[
+        0
+    ].successful
+    node.process_sweep(synced(rec.sweeps[3], node._tf))
+    err = capfd.readouterr().err
+    assert err.count("over the 1 ms budget") == 1, err
+    assert err.count("processing back within the 60000 ms budget") == 1, err
+    assert "after 3 sweep(s) over it" in err
+    values = {kv.key: kv.value for kv in statuses(node)["processing"].values}
+    assert values["over_budget"] == "false" and values["sweeps_over_budget"] == "3"
+
+
+def test_a_prompt_the_tracker_refuses_does_not_use_up_an_id(make_node):
+    """A click between two buffered sweeps (a dropped sweep's stamp) is refused by the tracker
+    after the node reserved an id for it; the next click still gets object 1 (issue 22: a KITTI
+    run's first three objects were 2, 3, 4)."""
+    from test_prompts import lidar_prompt
+
+    from sam4d_ros.node import _Request
+
+    node, rec = make_node()
+    for s in (rec.sweeps[0], rec.sweeps[2]):  # sweep 1 dropped
+        node.process_sweep(synced(s, node._tf))
+    frame = node._lidar_frame
+    answers = []
+    for stamp in (rec.sweeps[1].stamp_ns, rec.sweeps[2].stamp_ns):
+        req = _Request("add_prompts", ([lidar_prompt(frame=frame, stamp_ns=stamp)], False), "test")
+        node._requests.put(req)
+        node.serve_requests()
+        answers.append((req.success, req.object_ids, req.message))
+    assert answers[0][0] is False and "no buffered frame" in answers[0][2], answers[0]
+    assert answers[1][:2] == (True, [1]), answers[1]

@@ -295,6 +295,25 @@ def test_object_limit_and_id_allocation():
         ObjectIdRegistry(0)
 
 
+def test_a_refused_batch_gives_its_ids_back_so_the_first_object_is_1():
+    """The node cancels the new ids of a batch the tracker refuses (e.g. the click's frame is not
+    buffered yet): the retry gets id 1, not 2 (the KITTI run of issue 22 showed 2, 3, 4)."""
+    reg = ObjectIdRegistry(10)
+    ids, new = reg.reserve([0])
+    assert ids == new == [1]
+    reg.cancel(new)
+    assert reg.tracked() == frozenset()
+    assert reg.reserve([0])[0] == [1] and reg.reserve([0, 0])[0] == [2, 3]
+    # Only the last batch rolls back; an older one is just forgotten (ids keep growing).
+    a, _ = reg.reserve([0])
+    b, _ = reg.reserve([0])
+    reg.cancel(a)
+    assert reg.reserve([0])[0] == [6] and a == [4] and b == [5]
+    # A removed (released) object's id is not reused at once.
+    reg.release([6])
+    assert reg.reserve([0])[0] == [7]
+
+
 def test_request_limits():
     conv = converter(max_prompts_per_request=2)
     with pytest.raises(PromptError, match="the request has 3 prompts; at most 2 per request"):

@@ -20,7 +20,7 @@ import numpy as np
 from sam4d_core.data.errors import DatasetError
 from sam4d_core.data.sequence import CameraFrame, Frame, Sequence
 
-__all__ = ["CAMERA_NAMES", "load_nuscenes_calib", "read_nuscenes_sample"]
+__all__ = ["CAMERA_NAMES", "SAMPLE_LAYOUT", "load_nuscenes_calib", "read_nuscenes_sample"]
 
 CAMERA_NAMES = (
     "CAM_FRONT",
@@ -31,6 +31,11 @@ CAMERA_NAMES = (
     "CAM_BACK_RIGHT",
 )
 POINT_FIELDS = ("x", "y", "z", "intensity", "ring")
+SAMPLE_LAYOUT = (
+    "calib.json with per-camera image, intrinsics, lidar2cam, timestamp_s, the lidar file and "
+    "lidar2ego, ego2global and timestamp_s; the images and the LIDAR_TOP *.pcd.bin it names, "
+    "as in shared/data/nuscenes_sample"
+)
 
 
 def load_nuscenes_calib(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -39,7 +44,15 @@ def load_nuscenes_calib(root: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         calib = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DatasetError("calib.json does not exist", path) from None
+        root = Path(root)
+        if (root / "samples").is_dir() or any(root.glob("v1.0-*")):
+            raise DatasetError(
+                "calib.json does not exist: this looks like the nuScenes release layout "
+                "(samples/, sweeps/, v1.0-*/ tables), which is not read here; the reader takes "
+                f"one key frame in the sample layout ({SAMPLE_LAYOUT})",
+                path,
+            ) from None
+        raise DatasetError(f"calib.json does not exist (expected {SAMPLE_LAYOUT})", path) from None
     except (OSError, json.JSONDecodeError) as e:
         raise DatasetError(f"not a valid JSON file ({e})", path) from None
     for key in ("cameras", "lidar", "ego2global", "timestamp_s"):

@@ -6,7 +6,7 @@ Commands:
     synthetic-to-waymo  generate a synthetic sequence and write it as a Waymo-4DSeg data set
     synthetic-to-bag    generate a synthetic sequence and write it as a rosbag2 recording
     waymo-to-bag        a Waymo-4DSeg sequence -> rosbag2 (streamed frame by frame)
-    kitti-to-bag        the KITTI raw drive layout of shared/data -> rosbag2
+    kitti-to-bag        a KITTI raw drive folder (synced+rectified, as downloaded) -> rosbag2
     nuscenes-to-bag     the nuScenes sample of shared/data -> rosbag2
     bag-to-waymo        rosbag2 -> Waymo-4DSeg
     bag-to-frames       rosbag2 -> one folder per frame: PNG images, npz points, JSON poses/calib
@@ -18,9 +18,11 @@ on stdout at the end. Outputs appear atomically: a failed run leaves nothing hal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -345,23 +347,65 @@ def cmd_waymo_to_bag(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [("sequence", name)]
 
 
-def cmd_kitti_to_bag(args: argparse.Namespace) -> list[tuple[str, str]]:
-    from sam4d_core.data.kitti_raw import read_kitti_raw
+def _camera_renames(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for text in pairs:
+        src, sep, dst = text.partition("=")
+        if not sep or not src or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", dst):
+            raise ValueError(
+                f"--camera-name {text!r}: expected CAMERA=NAME, e.g. image_02=front "
+                "(NAME: letters, digits, _)"
+            )
+        out[src] = dst
+    return out
 
-    frames = slice(0, args.frames) if args.frames else None
-    seq = read_kitti_raw(
-        args.input, frames=frames, progress=Progress("read", enabled=not args.quiet)
+
+def cmd_kitti_to_bag(args: argparse.Namespace) -> list[tuple[str, str]]:
+    from sam4d_core.data.kitti_raw import open_kitti_drive
+
+    drive = open_kitti_drive(args.input)
+    indices = drive.select(args.start, args.end, args.step, args.frames)
+    renames = _camera_renames(args.camera_name)
+    seq, sources = drive.read(
+        indices,
+        poses=args.poses,
+        cameras=args.cameras,
+        camera_names=renames,
+        progress=Progress("read", enabled=not args.quiet),
+        pose_progress=Progress("kiss-icp", enabled=not args.quiet),
     )
     _sequence_to_bag(seq, args.output, args, args.stats)
-    return [("poses", "poses_lidar.txt (KISS-ICP estimate)")]
+    step = f", step {args.step}" if args.step > 1 else ""
+    rows = [
+        ("drive frames", f"{indices[0]}..{indices[-1]}{step} of 0..{drive.num_frames - 1}"),
+        *[(k, v) for k, v in sources.items()],
+    ]
+    names = [renames.get(c, c) for c in args.cameras]
+    rows.append(("prompt a camera as", ", ".join(f"{n}:U,V" for n in names)))
+    return rows
 
 
 def cmd_nuscenes_to_bag(args: argparse.Namespace) -> list[tuple[str, str]]:
     from sam4d_core.data.nuscenes_sample import read_nuscenes_sample
 
-    seq = read_nuscenes_sample(args.input)
+    renames = _camera_renames(args.camera_name)
+    seq = read_nuscenes_sample(args.input, cameras=tuple(args.cameras) if args.cameras else None)
+    unknown = sorted(set(renames) - set(seq.frames[0].cameras))
+    if unknown:
+        raise ValueError(f"--camera-name for {unknown}, which are not converted")
+    for f in seq.frames:
+        f.cameras = {
+            renames.get(c, c): dataclasses.replace(cam, name=renames.get(c, c))
+            for c, cam in f.cameras.items()
+        }
     _sequence_to_bag(seq, args.output, args, args.stats)
-    return []
+    names = list(seq.frames[0].cameras)
+    return [
+        ("timestamps", "calib.json timestamp_s (LiDAR) and cameras.<CAM>.timestamp_s"),
+        ("poses", "calib.json ego2global @ lidar.lidar2ego (one key frame: no motion)"),
+        ("calibration", "calib.json cameras.<CAM>.intrinsics and lidar2cam"),
+        ("prompt a camera as", ", ".join(f"{n}:U,V" for n in names)),
+    ]
 
 
 def _bag_reader(args: argparse.Namespace) -> SequenceBagReader:
@@ -549,12 +593,36 @@ def _add_synthetic(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", help="sequence name (default: the preset's)")
 
 
+def _add_kitti(p: argparse.ArgumentParser) -> None:
+    from sam4d_core.data.kitti_raw import POSE_METHODS
+
+    g = p.add_argument_group("KITTI raw drive")
+    g.add_argument("--start", type=int, default=0, help="first frame index (default 0)")
+    g.add_argument("--end", type=int, default=None,
+                   help="stop before this frame index (exclusive; default: all)")  # fmt: skip
+    g.add_argument("--step", type=int, default=1, help="take every Nth frame (default 1)")
+    g.add_argument("--frames", type=int, help="at most N frames (after --start/--end/--step)")
+    g.add_argument("--poses", choices=POSE_METHODS, default="auto",
+                   help="oxts: GPS/IMU as the KITTI devkit converts it; kiss-icp: estimated "
+                   "from the scans; file: poses_lidar.txt; auto (default): oxts when the drive "
+                   "has oxts/data, else file, else kiss-icp")  # fmt: skip
+    g.add_argument("--cameras", nargs="+", default=["image_02"], metavar="FOLDER",
+                   help="camera folders to convert (default image_02, the left colour camera; "
+                   "image_03 right colour, image_00/01 grey)")  # fmt: skip
+    g.add_argument("--camera-name", action="append", default=[], metavar="FOLDER=NAME",
+                   help="name a camera in the bag, e.g. image_02=front (default: the folder "
+                   "name); repeatable")  # fmt: skip
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], list[tuple[str, str]]], str]] = {
     "synthetic-to-waymo": (cmd_synthetic_to_waymo, "synthetic sequence -> Waymo-4DSeg root"),
     "synthetic-to-bag": (cmd_synthetic_to_bag, "synthetic sequence -> rosbag2"),
     "waymo-to-bag": (cmd_waymo_to_bag, "Waymo-4DSeg sequence -> rosbag2 (streamed)"),
-    "kitti-to-bag": (cmd_kitti_to_bag, "KITTI raw drive (shared/data layout) -> rosbag2"),
-    "nuscenes-to-bag": (cmd_nuscenes_to_bag, "nuScenes sample (shared/data layout) -> rosbag2"),
+    "kitti-to-bag": (cmd_kitti_to_bag, "KITTI raw drive folder (as downloaded) -> rosbag2"),
+    "nuscenes-to-bag": (
+        cmd_nuscenes_to_bag,
+        "one nuScenes key frame (the sample layout) -> rosbag2",
+    ),
     "bag-to-waymo": (cmd_bag_to_waymo, "rosbag2 -> Waymo-4DSeg root"),
     "bag-to-frames": (cmd_bag_to_frames, "rosbag2 -> per-frame PNG / npz / JSON folders"),
 }
@@ -573,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         if src != "synthetic":
             what = {
                 "waymo": "Waymo-4DSeg root",
-                "kitti": "KITTI raw directory",
+                "kitti": "KITTI raw drive folder (e.g. 2011_09_26/2011_09_26_drive_0005_sync)",
                 "nuscenes": "nuScenes sample directory",
                 "bag": "rosbag2 directory or file",
             }
@@ -589,7 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
         if src == "waymo":
             p.add_argument("--sequence", help="sequence name (needed when the root has several)")
         if src == "kitti":
-            p.add_argument("--frames", type=int, help="only the first N frames")
+            _add_kitti(p)
+        if src == "nuscenes":
+            p.add_argument("--cameras", nargs="+", metavar="CAM",
+                           help="cameras to convert (default all six, CAM_FRONT ...)")  # fmt: skip
+            p.add_argument("--camera-name", action="append", default=[], metavar="CAM=NAME",
+                           help="name a camera in the bag, e.g. CAM_FRONT=front")  # fmt: skip
         if src == "bag":
             _add_bag_input(p)
         if dst == "bag":
@@ -607,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         extra = func(args)
-    except (DatasetError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (DatasetError, FileExistsError, FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     src = str(getattr(args, "input", None) or f"synthetic preset {args.preset!r}")

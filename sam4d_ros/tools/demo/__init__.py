@@ -57,7 +57,14 @@ and report.md), :mod:`.video` (overlay.mp4), :mod:`.cli` (options and ``main``),
 """
 
 from sam4d_ros.tools.demo.bag_info import BagInfo, inspect_bag
-from sam4d_ros.tools.demo.cli import DEFAULT_BAG, DEFAULT_OUT, DEFAULT_RATE, build_parser, main
+from sam4d_ros.tools.demo.cli import (
+    DEFAULT_BAG,
+    DEFAULT_OUT,
+    DEFAULT_RATE,
+    build_parser,
+    main,
+    new_run_folder,
+)
 from sam4d_ros.tools.demo.errors import DemoError
 from sam4d_ros.tools.demo.prompts import PromptSpec, parse_prompt, resolve_prompts
 
@@ -71,6 +78,7 @@ __all__ = [
     "build_parser",
     "inspect_bag",
     "main",
+    "new_run_folder",
     "parse_prompt",
     "resolve_prompts",
 ]

@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ class BagInfo:
     played_topics: list[str]  # bag topics the player publishes (before remapping)
     remap: dict[str, str]
     ground_truth: bool
+    # /tf_static: child frame -> (parent frame, (4, 4) parent_from_child), for projections.
+    static_tf: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
 
     def frame_at(self, time_s: float) -> int:
         """Index of the sweep nearest to ``time_s`` seconds into the bag."""
@@ -73,6 +76,8 @@ class BagInfo:
 def inspect_bag(path: str | os.PathLike[str], remap: Mapping[str, str] | None = None) -> BagInfo:
     """Topics, cameras, frames and sweep stamps of a bag laid out as ``BagTopics`` names them
     (after ``remap``: bag topic -> topic name); raises DemoError saying what is missing."""
+    from sam4d_core.codecs.errors import TransformError
+    from sam4d_ros.conversions.transform import transform_to_matrix
     from sam4d_ros.recording.sequence_bag import TYPESTORE, BagError, BagTopics, open_bag
     from sam4d_ros.tools.bag_interop import absolute_topic, header_stamp_ns
 
@@ -106,6 +111,7 @@ def inspect_bag(path: str | os.PathLike[str], remap: Mapping[str, str] | None = 
                 continue
             cameras[name] = CameraTopics(name, t.image(name), compressed, t.info(name), 0, 0)
         stamps: list[int] = []
+        static: dict[str, tuple[str, np.ndarray]] = {}
         lidar_frame = ""
         parents: dict[str, str] = {}
         names = {t.lidar_points, t.tf, t.tf_static, *(c.info_topic for c in cameras.values())}
@@ -120,7 +126,11 @@ def inspect_bag(path: str | os.PathLike[str], remap: Mapping[str, str] | None = 
                     lidar_frame = TYPESTORE.deserialize_cdr(raw, conn.msgtype).header.frame_id
             elif topic in (t.tf, t.tf_static):
                 for tr in TYPESTORE.deserialize_cdr(raw, conn.msgtype).transforms:
-                    parents[tr.child_frame_id.lstrip("/")] = tr.header.frame_id.lstrip("/")
+                    child, parent = tr.child_frame_id.lstrip("/"), tr.header.frame_id.lstrip("/")
+                    parents[child] = parent
+                    if topic == t.tf_static:
+                        with contextlib.suppress(TransformError):
+                            static[child] = (parent, transform_to_matrix(tr.transform))
             else:
                 cam = next(c for c in cameras.values() if c.info_topic == topic)
                 if cam.first_info is None:
@@ -160,6 +170,7 @@ def inspect_bag(path: str | os.PathLike[str], remap: Mapping[str, str] | None = 
         remap=remap,
         # Ground truth is read with the bag's own names: only for a bag that needs no remapping.
         ground_truth=gt and not remap,
+        static_tf=static,
     )
 
 

@@ -31,12 +31,20 @@ from sam4d_ros.tools.demo.report import (
 from sam4d_ros.tools.demo.run import run, say
 from sam4d_ros.tools.demo.video import write_video
 
-__all__ = ["DEFAULT_BAG", "DEFAULT_OUT", "DEFAULT_RATE", "DEFAULT_THREADS", "build_parser", "main"]
+__all__ = [
+    "DEFAULT_BAG",
+    "DEFAULT_OUT",
+    "DEFAULT_RATE",
+    "DEFAULT_THREADS",
+    "build_parser",
+    "main",
+    "new_run_folder",
+]
 
 
 _REPO = Path(__file__).resolve().parents[3]
 DEFAULT_BAG = _REPO / "test" / "data" / "synthetic_drive"
-DEFAULT_OUT = Path(".build") / "demo"
+DEFAULT_OUT = Path(".build") / "demo"  # each run gets a new timestamped folder under it
 # A sweep every 2 s of wall time. The bundled model steps a sweep of the bundled recording (two
 # cameras) in about 0.3 s on a free core (at this rate: p50 314 ms, max 444 ms, 0 of 40 dropped);
 # the margin is for other jobs on the cores (measured with them: p50 0.6-0.75 s, p90 0.9-1.25 s).
@@ -69,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=DEFAULT_RATE,
                    help=f"playback speed factor (default {DEFAULT_RATE:g}: slow enough for the "
                    "CPU model to process every sweep)")  # fmt: skip
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output directory (default {DEFAULT_OUT})")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output directory (default: a new folder {DEFAULT_OUT}/YYYYmmdd-HHMMSS, "
+                   f"and {DEFAULT_OUT}/latest links to it)")  # fmt: skip
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="model checkpoint (default: the bundled model)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -161,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     else:
         checkpoint = args.checkpoint.resolve()
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else new_run_folder(DEFAULT_OUT)
+    args.out = out
     out.mkdir(parents=True, exist_ok=True)
     _dds_environment(out)
     for stale in ("report.md", "report.json", "overlay.mp4"):
@@ -217,6 +227,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def new_run_folder(base: Path, now: float | None = None) -> Path:
+    """A folder under ``base`` named after the local time (``20261204-184512``, ``-2`` etc. added
+    when taken), created; ``base/latest`` is pointed at it where symlinks work."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        out = base / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            out.mkdir()
+        except FileExistsError:
+            continue
+        latest = base / "latest"
+        with contextlib.suppress(OSError):
+            if latest.is_symlink():
+                latest.unlink()
+            if not latest.exists():
+                latest.symlink_to(out.name)
+        return out
+    raise DemoError(f"no free run folder for {stamp} under {base}")
+
+
 def _print_summary(rep: dict[str, Any], out: Path, frames: int) -> None:
     s = rep["sweeps"]
     lat = rep["latency_ms"]
@@ -225,13 +256,26 @@ def _print_summary(rep: dict[str, Any], out: Path, frames: int) -> None:
         f"at rate {rep['rate']:g}; processing p50 {fmt_value(lat['processing']['p50'], 0)} ms, "
         f"pipeline latency p50 {fmt_value(lat['pipeline']['p50'], 0)} ms"
     )
-    for e in rep["evaluation"]:
+    for o in rep["objects"]:
+        n = o["frames_with_output"]
+        masks = ", ".join(f"{k} {v}/{n}" for k, v in o["frames_with_mask"].items())
+        agree = ", ".join(f"{k} {fmt_value(v, 2)}" for k, v in o["cross_modal_agreement"].items())
         say(
-            f"object {e['object_id']}: tracked in {e['frames_tracked']}/{e['frames_evaluated']} "
-            f"frames, mean image IoU {fmt_value(e['mean_image_iou'])}, "
+            f"object {o['object_id']}: non-empty mask in {masks} frames; cross-modal agreement "
+            f"{agree or 'n/a'}; lost in {o['frames_lost']} frame(s)"
+            + (", lost at the end" if o["lost"] else "")
+        )
+    for e in rep["evaluation"]:
+        if e["gt_object_id"] is None:
+            continue  # no ground truth for it: the lines above are all there is
+        say(
+            f"object {e['object_id']} against the ground truth: tracked in "
+            f"{e['frames_tracked']}/{e['frames_evaluated']} frames, "
+            f"mean image IoU {fmt_value(e['mean_image_iou'])}, "
             f"mean LiDAR IoU {fmt_value(e['mean_lidar_iou'])}"
         )
     say(f"report: {out / 'report.md'} (and report.json)")
     if frames:
         say(f"video:  {out / 'overlay.mp4'} ({frames} frames)")
     say(f"outputs: {out / 'outputs'} (rosbag2)")
+    say(f"everything of this run is in {out.resolve()}")

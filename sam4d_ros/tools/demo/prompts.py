@@ -97,6 +97,7 @@ class ScheduledPrompt:
     success: bool | None = None
     message: str = ""
     sent_wall_s: float | None = None  # seconds after playback started
+    refused_first: str | None = None  # the node's answer to a first attempt it refused
 
     def describe(self) -> str:
         s = self.spec

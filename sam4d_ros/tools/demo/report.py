@@ -20,6 +20,7 @@ import numpy as np
 from sam4d_ros.tools.demo.bag_info import NS_PER_S, STAMP_MATCH_NS, BagInfo, GroundTruth
 from sam4d_ros.tools.demo.node_session import NODE
 from sam4d_ros.tools.demo.prompts import ScheduledPrompt
+from sam4d_ros.tools.demo.quality import CameraProjection, camera_projections, object_quality
 from sam4d_ros.tools.demo.run import RunResult
 
 __all__ = [
@@ -45,6 +46,7 @@ class FrameOutputs:
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> (H, W) uint16
     overlays: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> (H, W, 3) rgb
     cloud_xy: np.ndarray | None = None  # (N, 2) float32
+    cloud_xyz: np.ndarray | None = None  # (N, 3) float32, LiDAR frame
     cloud_labels: np.ndarray | None = None  # (N,) uint32
 
 
@@ -102,7 +104,8 @@ def read_outputs(bag: Path, info: BagInfo) -> Outputs:
                 fo.objects = msg
             elif topic == f"{NODE}/points_labeled":
                 arr = pointcloud2_to_array(msg).reshape(-1)
-                fo.cloud_xy = np.stack([arr["x"], arr["y"]], axis=1).astype(np.float32)
+                fo.cloud_xyz = np.stack([arr["x"], arr["y"], arr["z"]], axis=1).astype(np.float32)
+                fo.cloud_xy = fo.cloud_xyz[:, :2]
                 fo.cloud_labels = np.asarray(arr["label"], dtype=np.uint32)
             else:
                 kind, cam = cams[topic]
@@ -270,6 +273,8 @@ def build_report(
         return None
 
     processed = sum(1 for fo in outputs.frames.values() if fo.objects is not None)
+    cams = list(info.cameras)
+    projections = report_projections(info)
     return {
         "bag": str(info.path),
         "checkpoint": str(checkpoint),
@@ -299,6 +304,7 @@ def build_report(
                 "sent_after_s": None if p.sent_wall_s is None else round(p.sent_wall_s, 3),
                 "success": p.success,
                 "message": p.message,
+                "refused_first": p.refused_first,
                 "object_id": p.object_id,
                 "gt_object_id": p.gt_object_id,
             }
@@ -310,9 +316,13 @@ def build_report(
                 "frames_tracked": visible.get(oid, 0),
                 "frames_listed": len(presence[oid]),
                 "mean_presence_score": float(np.mean(presence[oid])),
+                **object_quality(
+                    oid, info.sweep_stamps_ns, outputs.frames, cams, projections
+                ).summary(cams),
             }
             for oid in sorted(presence)
         ],
+        "cross_modal_cameras": sorted(projections),
         "evaluation": [
             {
                 "object_id": s.object_id,
@@ -342,8 +352,77 @@ def build_report(
     }
 
 
+def report_projections(info: BagInfo) -> dict[str, CameraProjection]:
+    """The cameras' projections from their first CameraInfo and the bag's static TF."""
+    from sam4d_ros.recording.sequence_bag import TYPESTORE
+
+    infos = {
+        name: TYPESTORE.deserialize_cdr(c.first_info, "sensor_msgs/msg/CameraInfo")
+        for name, c in info.cameras.items()
+        if c.first_info is not None
+    }
+    return camera_projections(infos, info.lidar_frame, info.static_tf)
+
+
 def fmt_value(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def objects_markdown(rep: dict[str, Any]) -> list[str]:
+    """The report.md section on the objects, from what the node published alone."""
+    cams = sorted({c for o in rep["objects"] for c in o["frames_with_mask"] if c != "lidar"})
+    proj = rep.get("cross_modal_cameras", [])
+    lines = [
+        "",
+        "## Objects (no ground truth needed)",
+        "",
+        "Non-empty mask: frames in which the object has LiDAR points / pixels in a camera. "
+        "Agreement: share of the object's LiDAR points (among those that project into the "
+        "camera) that land inside its own mask there; a mask on the sky or on another object "
+        "scores low; n/a: none of its points projects into the camera. Lost: "
+        + (rep["objects"][0]["lost_source"] if rep["objects"] else "n/a")
+        + ". The presence score stays near 1 on wrong or empty masks: it is no quality signal.",
+        "",
+        "| id | frames | non-empty LiDAR | "
+        + " | ".join(f"non-empty {c}" for c in cams)
+        + " | "
+        + " | ".join(f"agreement {c}" for c in cams)
+        + " | lost frames | lost at the end | mean presence |",
+        "|--:|--:|--:|" + "--:|" * (2 * len(cams)) + "--:|---|--:|",
+    ]
+    for o in rep["objects"]:
+        n = o["frames_with_output"]
+        m = o["frames_with_mask"]
+        ag = o["cross_modal_agreement"]
+        lines.append(
+            f"| {o['object_id']} | {n} | {m['lidar']} | "
+            + " | ".join(f"{m.get(c, 0)}" for c in cams)
+            + " | "
+            + " | ".join(fmt_value(ag.get(c)) if c in proj else "n/a" for c in cams)
+            + f" | {o['frames_lost']} | {'yes' if o['lost'] else 'no'} | "
+            f"{o['mean_presence_score']:.3f} |"
+        )
+    for o in rep["objects"]:
+        lines += [
+            "",
+            f"### Object {o['object_id']} over time (from frame {o['first_frame']})",
+            "",
+            "| frame | points | " + " | ".join(f"{c} px | {c} agreement" for c in cams)
+            + " | presence | lost |",
+            "|--:|--:|" + "--:|--:|" * len(cams) + "--:|---|",
+        ]  # fmt: skip
+        for f in o["over_time"]:
+            if f["status"] == "no_output":
+                lines.append(f"| {f['frame']} | (no output: dropped or failed) |")
+                continue
+            cells = " | ".join(
+                f"{f['mask_px'].get(c, 0)} | {fmt_value(f['agreement'].get(c), 2)}" for c in cams
+            )
+            lines.append(
+                f"| {f['frame']} | {f['points']} | {cells} | {fmt_value(f['presence_score'])} | "
+                f"{'LOST' if f['lost'] else ''} |"
+            )
+    return lines
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
@@ -377,18 +456,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
         gt = f", ground-truth object {p['gt_object_id']}" if p["gt_object_id"] else ""
         lines.append(f"- `{p['prompt']}` ({p['source']}): {p['what']} -> {state}{gt}")
         lines.append(f"  ({p['message']})")
-    lines += [
-        "",
-        "## Objects",
-        "",
-        "| id | frames tracked | mean presence score |",
-        "|--:|--:|--:|",
-    ]
-    for o in rep["objects"]:
-        lines.append(
-            f"| {o['object_id']} | {o['frames_tracked']} / {o['frames_listed']} | "
-            f"{o['mean_presence_score']:.3f} |"
-        )
+    lines += objects_markdown(rep)
     for e in rep["evaluation"]:
         lines += [
             "",

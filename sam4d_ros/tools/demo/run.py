@@ -204,6 +204,7 @@ def _send_prompts(
         p.sent_wall_s = time.monotonic() - t_play
         answer = session.call_add_prompts([prompt_message(p)])
         if not answer.success:
+            p.refused_first = str(answer.message)
             _wait_for(lambda p=p: session.output_seen(p.stamp_ns), player, stop)
             p.sent_wall_s = time.monotonic() - t_play
             answer = session.call_add_prompts([prompt_message(p)])
