@@ -31,11 +31,13 @@ answer (at most ``prompts.service_timeout_s``) on a MultiThreadedExecutor; at mo
 ``MAX_WAITING_CALLS`` of them wait at once, further calls are answered at once with "busy", so
 that sensor, TF and diagnostics callbacks always have threads left.
 
-Robustness: no input stops the node. Malformed messages, a camera that stops, missing TF, time
-going backwards (a looped bag: the tracker is reset, dynamic TF cleared and /diagnostics says
-"time jumped back: tracker reset") and prompt storms are logged (throttled per stream), reported
-on /diagnostics per stream, and the node goes on with the other streams and recovers by itself
-when good data returns.
+Robustness: no input stops the node. Malformed messages (a compressed image is checked against its
+CameraInfo from its header, before decoding), a camera that stops, missing TF, time going
+backwards (``sam4d_ros.time_jumps``: the tracker is reset, dynamic TF cleared and /diagnostics says
+"time jumped back: tracker reset") and prompt storms (``sam4d_ros.prompt_accounting``: every prompt
+counted as applied, failed or rejected busy) are logged (throttled per stream), reported on
+/diagnostics per stream, and the node goes on with the other streams and recovers by itself when
+good data returns. Freed memory is given back to the system (``sam4d_ros.memory``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from visualization_msgs.msg import MarkerArray
 
 from sam4d_ros.conversions.stamps import stamp_to_ns
 from sam4d_ros.frame_builder import BuiltFrame, FrameBuilder, FrameBuildError
+from sam4d_ros.memory import HeapTrimmer, limit_malloc_arenas, rss_mb
 from sam4d_ros.msg import Prompt, TrackedObjects
 from sam4d_ros.outputs import (
     OutputError,
@@ -402,6 +405,7 @@ class Sam4dNode(Node):
         self._requests = _RequestQueue(p.prompts_queue_size)
         self._waiting_calls = threading.BoundedSemaphore(MAX_WAITING_CALLS)
         self._prompts = PromptAccounting(_REJECT_WINDOW_S)
+        self._trimmer = HeapTrimmer()  # freed memory back to the system (sam4d_ros/memory.py)
         self._status_lock = threading.Lock()
         self._status = _Status(
             cameras={c: _StreamState() for c in p.camera_names},
@@ -681,6 +685,7 @@ class Sam4dNode(Node):
         while not self._stop.is_set():
             try:
                 self.serve_requests()
+                self._trimmer.maybe_trim()
                 sweeps = self.sync.wait_ready(timeout_s=_POLL_S, newest_only=True)
                 for sweep in sweeps:
                     if self._stop.is_set():
@@ -747,6 +752,7 @@ class Sam4dNode(Node):
             ids = validate_remove(req.payload, self.ids.tracked())
             removed = self.tracker.remove_objects(ids)
             self.ids.release(ids)
+            self._trimmer.request()
             req.answer(True, f"removed object(s) {sorted(set(removed) | set(ids))}")
             return
         ctx = self._prompt_context()
@@ -844,6 +850,7 @@ class Sam4dNode(Node):
 
     def _reset_tracking(self) -> None:
         self.tracker.reset()
+        self._trimmer.request()
         self.ids.clear()
         self.builder.reset()
         self._last_built = None
@@ -1026,6 +1033,8 @@ class Sam4dNode(Node):
                         "sweeps_skipped": st.skipped,
                         "pipeline_latency_ms": st.last_latency_ms
                         if st.last_latency_ms is not None else "n/a",
+                        "rss_mb": f"{rss_mb() or 0.0:.0f}",
+                        "heap_trims": self._trimmer.trims,
                         **{f"published.{k}": v for k, v in sorted(st.published.items())},
                     },
                 )
@@ -1142,6 +1151,7 @@ def main(args: Sequence[str] | None = None) -> int:
     first; ``--ros-args ...`` go to rclpy). Returns the exit status (0 after Ctrl-C, 1 when the
     node cannot start, 2 for bad options)."""
     argv = list(sys.argv if args is None else args)
+    limit_malloc_arenas()  # before rclpy and torch start their threads
     try:
         options = _parse_args(remove_ros_args(argv)[1:])
     except SystemExit as e:  # argparse already printed the problem (or --help)
