@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from sam4d_core.codecs.camera import CameraModel
-from sam4d_core.codecs.errors import CodecError
+from sam4d_core.codecs.errors import CodecError, ImageSizeError
 from sam4d_core.codecs.transform import validate_transform
 from sam4d_core.data.sequence import CameraFrame, Frame
 from sam4d_ros.conversions.camera_info import CameraModelCache
@@ -365,14 +365,27 @@ class FrameBuilder:
             model = self.camera_models.get(name, info_msg)
         except CodecError as e:
             raise BadMessageError(name, info_topic, str(e)) from None
+        # The size is checked before decoding (from the JPEG / PNG header): a few bytes claiming
+        # 16000x16000 pixels would otherwise be decoded in full (seconds, gigabytes).
+        expected = (model.height, model.width)
         try:
             if hasattr(image_msg, "format") and not hasattr(image_msg, "encoding"):
-                rgb = compressed_image_to_rgb(image_msg)
+                rgb = compressed_image_to_rgb(image_msg, expected)
             else:
-                rgb = image_to_rgb(image_msg)
+                rgb = image_to_rgb(image_msg, expected)
+        except ImageSizeError as e:
+            if e.declared is None:
+                raise BadMessageError(name, image_topic, str(e)) from None
+            (h, w), how = e.declared, ("" if hasattr(image_msg, "encoding") else " (its header)")
+            raise BadMessageError(
+                name,
+                image_topic,
+                f"image is {w}x{h}{how} but {info_topic} says {model.width}x{model.height}; "
+                "refused without decoding",
+            ) from None
         except CodecError as e:
             raise BadMessageError(name, image_topic, str(e)) from None
-        if rgb.shape[:2] != (model.height, model.width):
+        if rgb.shape[:2] != (model.height, model.width):  # checked above; kept as a safety net
             raise BadMessageError(
                 name,
                 image_topic,

@@ -31,11 +31,13 @@ answer (at most ``prompts.service_timeout_s``) on a MultiThreadedExecutor; at mo
 ``MAX_WAITING_CALLS`` of them wait at once, further calls are answered at once with "busy", so
 that sensor, TF and diagnostics callbacks always have threads left.
 
-Robustness: no input stops the node. Malformed messages, a camera that stops, missing TF, time
-going backwards (a looped bag: the tracker is reset, dynamic TF cleared and /diagnostics says
-"time jumped back: tracker reset") and prompt storms are logged (throttled per stream), reported
-on /diagnostics per stream, and the node goes on with the other streams and recovers by itself
-when good data returns.
+Robustness: no input stops the node. Malformed messages (a compressed image is checked against its
+CameraInfo from its header, before decoding), a camera that stops, missing TF, time going
+backwards (``sam4d_ros.time_jumps``: the tracker is reset, dynamic TF cleared and /diagnostics says
+"time jumped back: tracker reset") and prompt storms (``sam4d_ros.prompt_accounting``: every prompt
+counted as applied, failed or rejected busy) are logged (throttled per stream), reported on
+/diagnostics per stream, and the node goes on with the other streams and recovers by itself when
+good data returns. Freed memory is given back to the system (``sam4d_ros.memory``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from visualization_msgs.msg import MarkerArray
 from sam4d_ros.budget import BudgetWatch
 from sam4d_ros.conversions.stamps import stamp_to_ns
 from sam4d_ros.frame_builder import BuiltFrame, FrameBuilder, FrameBuildError
+from sam4d_ros.memory import HeapTrimmer, limit_malloc_arenas, rss_mb
 from sam4d_ros.msg import Prompt, TrackedObjects
 from sam4d_ros.outputs import (
     OutputError,
@@ -88,6 +91,7 @@ from sam4d_ros.parameters import (
     sensor_qos,
     validate_update,
 )
+from sam4d_ros.prompt_accounting import PromptAccounting
 from sam4d_ros.prompts import (
     CameraGeometry,
     ObjectIdRegistry,
@@ -100,6 +104,7 @@ from sam4d_ros.prompts import PromptError as RequestError
 from sam4d_ros.srv import AddPrompts, RemoveObject
 from sam4d_ros.sync import SweepSynchronizer, SyncedSweep
 from sam4d_ros.tf_buffer import TfBuffer, TfListener, TfLookupError
+from sam4d_ros.time_jumps import backward_jump_s
 
 __all__ = [
     "MAX_WAITING_CALLS",
@@ -327,11 +332,6 @@ class _Status:
     # The tracker's sizes as of the worker's last change (the timer must not wait for its lock).
     tracker_ids: list[int] = field(default_factory=list)
     tracker_stats: dict[str, Any] = field(default_factory=dict)
-    prompts_applied: int = 0
-    prompts_failed: int = 0
-    prompts_rejected_full: int = 0
-    last_prompt_error: str = ""
-    rejections: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
     published: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
 
 
@@ -406,6 +406,8 @@ class Sam4dNode(Node):
         self._output_config = p.output_config()
         self._requests = _RequestQueue(p.prompts_queue_size)
         self._waiting_calls = threading.BoundedSemaphore(MAX_WAITING_CALLS)
+        self._prompts = PromptAccounting(_REJECT_WINDOW_S)
+        self._trimmer = HeapTrimmer()  # freed memory back to the system (sam4d_ros/memory.py)
         self._status_lock = threading.Lock()
         self._status = _Status(
             cameras={c: _StreamState() for c in p.camera_names},
@@ -442,10 +444,11 @@ class Sam4dNode(Node):
                 callback_group=sensors,
             )  # fmt: skip
 
-        # Prompts: reliable like RViz's and rqt's publishers (a click must not be lost).
+        # Prompts: reliable like RViz's and rqt's publishers (a click must not be lost), and deep:
+        # DDS drops unread messages beyond the depth without a trace (see prompt_accounting).
         qos_prompts = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
-            depth=10,
+            depth=p.prompt_depth,
             reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.VOLATILE,
         )
@@ -546,6 +549,7 @@ class Sam4dNode(Node):
         if hasattr(self, "_requests"):
             for req in self._requests.take_all():
                 req.answer(False, "the node is shutting down; nothing was changed")
+                self._prompts.failed(req.kind, req.source, req.message)
 
     def destroy_node(self) -> None:
         self.stop()
@@ -585,6 +589,7 @@ class Sam4dNode(Node):
         self._enqueue_topic(_Request("clicked_point", msg, self.params.clicked_point_topic))
 
     def _enqueue_topic(self, req: _Request) -> None:
+        self._prompts.received(req.kind, req.source)
         if not self._requests.put(req):
             self._rejected_full(req)
 
@@ -593,28 +598,26 @@ class Sam4dNode(Node):
             f"prompt queue full ({self._requests.capacity} requests waiting for the tracker, "
             f"prompts.queue_size): {req.source} rejected, try again later"
         )
-        with self._status_lock:
-            self._status.prompts_rejected_full += 1
-            self._status.rejections.append(time.monotonic())
+        self._prompts.rejected_busy(req.kind, req.source, message)
         self._throttle.log("queue_full", "warning", message)
         return message
 
     def _call_worker(self, req: _Request) -> _Request:
         """Queue a service request and wait for the worker's answer (bounded, see the module
         docstring); the request comes back answered."""
+        self._prompts.received(req.kind, req.source)
         if not self._waiting_calls.acquire(blocking=False):
             req.answer(
                 False,
                 f"busy: {MAX_WAITING_CALLS} service calls are already waiting for the tracker; "
                 f"{req.source} rejected, try again later",
             )
-            with self._status_lock:
-                self._status.prompts_rejected_full += 1
-                self._status.rejections.append(time.monotonic())
+            self._prompts.rejected_busy(req.kind, req.source, req.message)
             return req
         try:
             if self._stop.is_set():
                 req.answer(False, "the node is shutting down; nothing was changed")
+                self._prompts.failed(req.kind, req.source, req.message)
                 return req
             if not self._requests.put(req):
                 req.answer(False, self._rejected_full(req))
@@ -628,6 +631,7 @@ class Sam4dNode(Node):
                     f"timed out after {timeout:g} s waiting for the tracker "
                     "(prompts.service_timeout_s); nothing was changed",
                 )
+                self._prompts.failed(req.kind, req.source, req.message)
                 return req
             # The worker is applying it right now: its answer is moments away.
             if not req.done.wait(timeout):
@@ -683,6 +687,7 @@ class Sam4dNode(Node):
         while not self._stop.is_set():
             try:
                 self.serve_requests()
+                self._trimmer.maybe_trim()
                 sweeps = self.sync.wait_ready(timeout_s=_POLL_S, newest_only=True)
                 for sweep in sweeps:
                     if self._stop.is_set():
@@ -721,14 +726,10 @@ class Sam4dNode(Node):
                 self._reconcile_ids()
 
     def _account(self, req: _Request) -> None:
-        with self._status_lock:
-            if req.kind in ("remove", "reset"):
-                return
-            if req.success:
-                self._status.prompts_applied += 1
-            else:
-                self._status.prompts_failed += 1
-                self._status.last_prompt_error = f"{req.source}: {req.message}"
+        if req.success:
+            self._prompts.applied(req.kind)
+        else:
+            self._prompts.failed(req.kind, req.source, req.message)
         if req.kind in ("prompt", "clicked_point", "image_click"):
             # Nobody waits for these: the log is their only answer.
             if req.success:
@@ -753,6 +754,7 @@ class Sam4dNode(Node):
             ids = validate_remove(req.payload, self.ids.tracked())
             removed = self.tracker.remove_objects(ids)
             self.ids.release(ids)
+            self._trimmer.request()
             req.answer(True, f"removed object(s) {sorted(set(removed) | set(ids))}")
             return
         ctx = self._prompt_context()
@@ -850,6 +852,7 @@ class Sam4dNode(Node):
 
     def _reset_tracking(self) -> None:
         self.tracker.reset()
+        self._trimmer.request()
         self.ids.clear()
         self.builder.reset()
         self._last_built = None
@@ -860,8 +863,12 @@ class Sam4dNode(Node):
     def process_sweep(self, sweep: SyncedSweep) -> None:
         """Build, track and publish one synced sweep (worker thread)."""
         t0 = time.perf_counter()
-        if sweep.time_jump:
-            self._on_time_jump(sweep)
+        jump_s = backward_jump_s(
+            sweep.stamp_ns, self._frame_stamps[-1] if self._frame_stamps else None,
+            self.params.sync_time_jump_threshold_s, sweep.jump_s if sweep.time_jump else 0.0,
+        )  # fmt: skip
+        if jump_s > 0.0:
+            self._on_time_jump(sweep, jump_s)
         built = self._build(sweep)
         if built is None:
             return
@@ -884,10 +891,9 @@ class Sam4dNode(Node):
         self._reconcile_ids()
         self._publish(result, built, t0)
 
-    def _on_time_jump(self, sweep: SyncedSweep) -> None:
+    def _on_time_jump(self, sweep: SyncedSweep, jump_s: float) -> None:
         message = (
-            f"time jumped back by {sweep.jump_s:.3f} s (sweep at {_fmt(sweep.stamp_ns)} s): "
-            f"tracker reset"
+            f"time jumped back by {jump_s:.3f} s (sweep at {_fmt(sweep.stamp_ns)} s): tracker reset"
         )
         n_obj = len(self.tracker.object_ids)
         self._reset_tracking()
@@ -1027,6 +1033,8 @@ class Sam4dNode(Node):
                         "pipeline_latency_ms": st.last_latency_ms
                         if st.last_latency_ms is not None else "n/a",
                         **self._budget.values(),
+                        "rss_mb": f"{rss_mb() or 0.0:.0f}",
+                        "heap_trims": self._trimmer.trims,
                         **{f"published.{k}": v for k, v in sorted(st.published.items())},
                     },
                 )
@@ -1078,23 +1086,15 @@ class Sam4dNode(Node):
                     },
                 )
             )  # fmt: skip
-            recent = sum(1 for t in st.rejections if now - t < _REJECT_WINDOW_S)
-            prompt_warn = []
-            if recent:
-                prompt_warn.append(
-                    f"prompt queue full: {recent} request(s) rejected in the last "
-                    f"{_REJECT_WINDOW_S:g} s"
-                )
+            prompt_values, prompt_warn = self._prompts.diagnostic_values()
             statuses.append(
                 stream_status(
                     f"{name}: prompts", warnings=prompt_warn, hardware_id=hw,
                     values={
                         "queued": len(self._requests),
                         "queue_size": self._requests.capacity,
-                        "applied": st.prompts_applied,
-                        "failed": st.prompts_failed,
-                        "rejected_queue_full": st.prompts_rejected_full,
-                        "last_error": st.last_prompt_error or "none",
+                        "topic_depth": self.params.prompt_depth,
+                        **prompt_values,
                     },
                 )
             )  # fmt: skip
@@ -1151,6 +1151,7 @@ def main(args: Sequence[str] | None = None) -> int:
     first; ``--ros-args ...`` go to rclpy). Returns the exit status (0 after Ctrl-C, 1 when the
     node cannot start, 2 for bad options)."""
     argv = list(sys.argv if args is None else args)
+    limit_malloc_arenas()  # before rclpy and torch start their threads
     try:
         options = _parse_args(remove_ros_args(argv)[1:])
     except SystemExit as e:  # argparse already printed the problem (or --help)

@@ -141,9 +141,11 @@ def global_parameter_specs() -> list[ParamSpec]:
         _g("sync.buffer_size", 8,
            "Images kept per camera for matching (cover max_wait_s plus transport delay at the "
            "camera's rate).", range=(1, 100)),
-        _g("sync.time_jump_threshold_s", 1.0,
-           "A sweep stamped this much before the previous one means time went backwards "
-           "(looped bag): the tracker is reset (seconds).", range=(0.001, 3600.0)),
+        _g("sync.time_jump_threshold_s", 0.25,
+           "A sweep stamped this much before the previous one, or before the newest frame the "
+           "tracker has, means time went backwards (looped or restarted bag): the tracker is "
+           "reset and the node says so (seconds). A sweep less far back is a reordered or "
+           "repeated one and is skipped.", range=(0.001, 3600.0)),
         # -------------------------------------------------------------- TF
         _g("tf.cache_time_s", 10.0,
            "History kept per dynamic TF edge (seconds); must exceed tracker.frame_buffer_s for "
@@ -220,6 +222,11 @@ def global_parameter_specs() -> list[ParamSpec]:
            "Reliability of the output publishers.", choices=RELIABILITIES),
         _g("qos.output_depth", 1,
            "History depth of the output publishers.", range=(1, 1000)),
+        _g("qos.prompt_depth", 1000,
+           "History depth of the prompt subscriptions (~/prompts, clicked_point, image clicks; "
+           "reliable): a burst beyond it, arriving faster than the node takes messages, is "
+           "dropped by DDS before the node can count it. Every prompt taken is counted on "
+           "/diagnostics (applied, failed, rejected busy).", range=(1, 100000)),
         # -------------------------------------------------------------- outputs
         _g("outputs.label_images", True,
            "Publish per camera a mono16 label image (0 = background, value = object id)."),
@@ -395,6 +402,7 @@ class NodeParameters:
     sensor_depth: int
     output_reliability: str
     output_depth: int
+    prompt_depth: int
     publish_label_images: bool
     publish_overlays: bool
     publish_cloud: bool
@@ -809,6 +817,7 @@ def validate_parameters(
         sensor_depth=v["qos.sensor_depth"],
         output_reliability=v["qos.output_reliability"],
         output_depth=v["qos.output_depth"],
+        prompt_depth=v["qos.prompt_depth"],
         publish_label_images=v["outputs.label_images"],
         publish_overlays=v["outputs.overlays"],
         publish_cloud=v["outputs.cloud"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import glob
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from sensor_msgs.msg import Image
 
 from sam4d_core.codecs.errors import ImageEncodingError
 from sam4d_core.codecs.image import (
+    check_compressed_size,
     colorize_labels,
     compressed_format_string,
     compressed_image_size,
@@ -281,6 +283,87 @@ def png_header(width: int, height: int) -> bytes:
 def test_malformed_compressed_raise(data, fmt, message):
     with pytest.raises(ImageEncodingError, match=message):
         decode_compressed(data, fmt)
+
+
+_BOMB_CHILD = r"""
+import json, sys, time
+import cv2
+import numpy as np
+from sam4d_core.codecs.errors import ImageEncodingError
+from sam4d_core.codecs.image import decode_compressed
+sys.path.insert(0, sys.argv[1])
+from image_bombs import header_bomb_jpeg, header_bomb_png
+
+def hwm_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+out = {}
+for name, data, fmt, decode in [
+    # The control: OpenCV given a 4000x4000 header allocates it (48 MB), so the method sees it.
+    ("control", header_bomb_jpeg(4000, 4000), "jpeg",
+     lambda d, f: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR)),
+    ("jpeg_expected", header_bomb_jpeg(16000, 16000), "jpeg",
+     lambda d, f: decode_compressed(d, f, expected_size=(288, 480))),
+    ("jpeg_bound", header_bomb_jpeg(30000, 30000), "jpeg", decode_compressed),
+    ("png_bound", header_bomb_png(30000, 30000), "png", decode_compressed),
+]:
+    before, t0 = hwm_mb(), time.perf_counter()
+    try:
+        decode(data, fmt)
+        error = ""
+    except ImageEncodingError as e:
+        error = str(e)
+    out[name] = {"s": time.perf_counter() - t0, "hwm_mb": hwm_mb() - before, "error": error,
+                 "bytes": len(data)}
+print(json.dumps(out))
+"""
+
+
+def test_header_bombs_are_refused_before_decoding():
+    """A few hundred bytes whose header claims 16000x16000 or 30000x30000 pixels are refused from
+    the header: quickly and without the decoder's allocation (measured as the peak RSS of a fresh
+    process, with OpenCV decoding a smaller bomb as the control that the measure sees one)."""
+    import json
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    run = subprocess.run(
+        [sys.executable, "-c", _BOMB_CHILD, str(here)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    print(got)
+    assert got["control"]["hwm_mb"] > 30, got  # 4000 x 4000 x 3 = 48 MB seen by the measure
+    assert "but 480x288 is expected" in got["jpeg_expected"]["error"], got
+    assert "30000x30000 = 900000000 pixels" in got["jpeg_bound"]["error"], got
+    assert "30000x30000 = 900000000 pixels" in got["png_bound"]["error"], got
+    for name in ("jpeg_expected", "jpeg_bound", "png_bound"):
+        assert got[name]["bytes"] < 1000, got
+        # Generous bounds: a header walk takes microseconds and allocates nothing; a decode of
+        # these headers would take seconds and 0.7 to 2.5 GB.
+        assert got[name]["s"] < 0.5, got
+        assert got[name]["hwm_mb"] < 10, got
+
+
+def test_check_compressed_size():
+    rgb = smooth_rgb(48, 64)
+    for fmt in ("jpeg", "png"):
+        data = encode_compressed(rgb, fmt)
+        assert check_compressed_size(data) == (48, 64)
+        assert check_compressed_size(data, expected_size=(48, 64)) == (48, 64)
+        assert decode_compressed(data, fmt, expected_size=(48, 64)).shape == (48, 64, 3)
+        with pytest.raises(ImageEncodingError, match="says 64x48 but 64x47 is expected"):
+            decode_compressed(data, fmt, expected_size=(47, 64))
+        with pytest.raises(ImageEncodingError, match="3072 pixels, more than the 3000 allowed"):
+            check_compressed_size(data, max_pixels=3000)
+    # A PNG whose first chunk is not IHDR has no readable size.
+    bad = bytearray(encode_compressed(rgb, "png"))
+    bad[12:16] = b"IHDX"
+    with pytest.raises(ImageEncodingError, match="no readable image size"):
+        check_compressed_size(bytes(bad))
 
 
 # ----------------------------------------------------------------------------- labels, overlays

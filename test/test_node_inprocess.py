@@ -162,3 +162,59 @@ def test_a_prompt_the_tracker_refuses_does_not_use_up_an_id(make_node):
         answers.append((req.success, req.object_ids, req.message))
     assert answers[0][0] is False and "no buffered frame" in answers[0][2], answers[0]
     assert answers[1][:2] == (True, [1]), answers[1]
+
+
+def _default(name: str):
+    from sam4d_ros.parameters import global_parameter_specs
+
+    return next(s.default for s in global_parameter_specs() if s.name == name)
+
+
+@pytest.mark.parametrize("through_sync", [True, False])
+def test_a_short_jump_back_resets_the_tracker(make_node, through_sync):
+    """Time jumping back 0.5 s (a player restarted 0.5 s into the bag) resets the tracker and
+    says so, with the default jump threshold: through the synchronizer (which flags the sweep)
+    and, without its flag, from the tracker's newest frame (sweeps superseded or skipped in
+    between). A sweep a little older than the newest (reordered, < the threshold) is skipped."""
+    threshold = _default("sync.time_jump_threshold_s")
+    assert threshold < 0.5
+    node, rec = make_node(**{"sync.time_jump_threshold_s": threshold, "sync.max_wait_s": 0.0})
+    sweeps = load_recording(8).sweeps
+    ns = 1_000_000_000
+
+    def step(sweep):
+        for m in sweep.tf:  # as /tf delivers them (the listener clears TF when it jumps back)
+            node._tf_listener._on_tf(m)
+        if not through_sync:
+            node.process_sweep(synced(sweep, with_tf=False))
+            return
+        for cam in CAMERAS:
+            node.sync.add_camera_info(cam, sweep.infos[cam])
+            node.sync.add_image(cam, sweep.images[cam])
+        node.sync.add_sweep(sweep.cloud)
+        (ready,) = node.sync.poll(newest_only=True)
+        node.process_sweep(ready)
+
+    for sweep in sweeps[:7]:
+        step(sweep)
+    assert len(node.tracker.buffered_stamps) == 7
+    # 0.5 s back (the recording is at 10 Hz): sweep 1 after sweep 6.
+    back = sweeps[1]
+    assert (sweeps[6].stamp_ns - back.stamp_ns) / ns == pytest.approx(0.5, abs=1e-3)
+    step(back)
+    st = statuses(node)["tracker"]
+    assert "time jumped back by 0.500 s" in st.message and "tracker reset" in st.message, st
+    vals = {kv.key: kv.value for kv in st.values}
+    assert vals["time_jumps"] == "1" and vals["resets"] == "1"
+    # The new timeline is tracked from its first sweep on: nothing skipped.
+    (first,) = node.tracker.buffered_stamps
+    assert first == pytest.approx(back.stamp_ns / ns, abs=1e-6)
+    step(sweeps[2])
+    assert len(node.tracker.buffered_stamps) == 2
+    assert {kv.key: kv.value for kv in statuses(node)["processing"].values}["sweeps_skipped"] == "0"
+    # Reordered by one period (0.1 s, under the threshold): skipped, no reset.
+    step(sweeps[3])
+    step(sweeps[2])
+    st = statuses(node)
+    assert "not after the newest frame" in st["lidar"].message
+    assert {kv.key: kv.value for kv in st["tracker"].values}["resets"] == "1"

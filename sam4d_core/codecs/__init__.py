@@ -10,6 +10,7 @@ from sam4d_core.codecs.errors import (
     CameraInfoError,
     CodecError,
     ImageEncodingError,
+    ImageSizeError,
     PointCloudLayoutError,
     TransformError,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "CameraInfoError",
     "CodecError",
     "ImageEncodingError",
+    "ImageSizeError",
     "PointCloudLayoutError",
     "TransformError",
 ]

@@ -11,6 +11,7 @@ __all__ = [
     "CameraInfoError",
     "CodecError",
     "ImageEncodingError",
+    "ImageSizeError",
     "PointCloudLayoutError",
     "TransformError",
 ]
@@ -26,6 +27,25 @@ class PointCloudLayoutError(CodecError):
 
 class ImageEncodingError(CodecError):
     """An Image / CompressedImage has an unknown encoding or inconsistent size, step or data."""
+
+
+class ImageSizeError(ImageEncodingError):
+    """An image declares a size other than the one expected (the camera's CameraInfo), or one
+    above the allowed bound; found from the header, before decoding.
+
+    declared / expected: (height, width) the image declares / the size it had to have (None for
+    the bound).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        declared: tuple[int, int] | None = None,
+        expected: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.declared = declared
+        self.expected = expected
 
 
 class CameraInfoError(CodecError):

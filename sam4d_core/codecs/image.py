@@ -24,13 +24,15 @@ import cv2
 import numpy as np
 
 from sam4d_core.codecs.buffers import byte_view
-from sam4d_core.codecs.errors import ImageEncodingError
+from sam4d_core.codecs.errors import ImageEncodingError, ImageSizeError
 
 __all__ = [
+    "MAX_COMPRESSED_PIXELS",
     "MAX_IMAGE_DIM",
     "EncodingInfo",
     "colorize_labels",
     "compressed_format_string",
+    "check_compressed_size",
     "compressed_image_size",
     "decode_compressed",
     "decode_image",
@@ -50,6 +52,10 @@ __all__ = [
 # Far above any camera (a 61 MP sensor is 9504 x 6336) but small enough that a corrupted header
 # cannot make us allocate gigabytes.
 MAX_IMAGE_DIM = 1 << 15
+# Most pixels a compressed image may declare when no expected size is given: 64 Mpx (8192 x 8192,
+# 192 MiB as RGB) is above any camera; a JPEG header is a few bytes and can claim 32768 x 32768
+# (3 GiB), which the decoder would allocate and fill before anything else could object.
+MAX_COMPRESSED_PIXELS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -338,11 +344,15 @@ def _sniff(buf: np.ndarray) -> str | None:
 
 
 def compressed_image_size(data: Any) -> tuple[int, int] | None:
-    """(height, width) read from a JPEG SOF or PNG IHDR header without decoding, or None."""
+    """(height, width) read from a JPEG SOF or PNG IHDR header without decoding, or None.
+
+    Only the headers are read (a walk over the JPEG marker segments before the first SOF: time
+    and memory do not depend on the size the image claims)."""
     buf = byte_view(data, ImageEncodingError)
     kind = _sniff(buf)
     if kind == "png":
-        if buf.size < 24:
+        # IHDR must be the first chunk (PNG spec 5.2); decoders refuse a file where it is not.
+        if buf.size < 24 or buf[12:16].tobytes() != b"IHDR":
             return None
         width = int.from_bytes(buf[16:20].tobytes(), "big")
         height = int.from_bytes(buf[20:24].tobytes(), "big")
@@ -360,6 +370,8 @@ def compressed_image_size(data: Any) -> tuple[int, int] | None:
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
                 i += 2
                 continue
+            if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                return None
             length = int.from_bytes(raw[i + 2 : i + 4], "big")
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
                 if i + 9 > len(raw):
@@ -373,16 +385,62 @@ def compressed_image_size(data: Any) -> tuple[int, int] | None:
     return None
 
 
+def check_compressed_size(
+    data: Any,
+    expected_size: tuple[int, int] | None = None,
+    max_pixels: int = MAX_COMPRESSED_PIXELS,
+) -> tuple[int, int]:
+    """The (height, width) a JPEG / PNG header declares, refused before any decoding when it
+    cannot be read, is empty, exceeds ``MAX_IMAGE_DIM`` per side or ``max_pixels`` in all, or
+    differs from ``expected_size`` (height, width; e.g. the camera's CameraInfo).
+
+    Raises ImageSizeError (an ImageEncodingError) saying which, ImageEncodingError when the
+    header is unreadable. Costs a header walk: a few bytes whatever the size
+    claimed (a decompression bomb is refused without allocating its pixels).
+    """
+    size = compressed_image_size(data)
+    if size is None:
+        raise ImageEncodingError("compressed image header declares no readable image size")
+    height, width = size
+    if not (0 < height <= MAX_IMAGE_DIM and 0 < width <= MAX_IMAGE_DIM):
+        raise ImageSizeError(
+            f"compressed image header says {width}x{height}, outside [1, {MAX_IMAGE_DIM}] per side"
+        )
+    if expected_size is not None:
+        exp_h, exp_w = (int(v) for v in expected_size)
+        if (height, width) != (exp_h, exp_w):
+            raise ImageSizeError(
+                f"compressed image header says {width}x{height} but {exp_w}x{exp_h} is expected; "
+                "refused without decoding",
+                (height, width),
+                (exp_h, exp_w),
+            )
+    elif height * width > max_pixels:
+        raise ImageSizeError(
+            f"compressed image header says {width}x{height} = {height * width} pixels, more than "
+            f"the {max_pixels} allowed; refused without decoding"
+        )
+    return height, width
+
+
 _IMREAD_COLOR_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.11 only
 
 
-def decode_compressed(data: Any, format: str) -> np.ndarray:
+def decode_compressed(
+    data: Any,
+    format: str,
+    expected_size: tuple[int, int] | None = None,
+    max_pixels: int = MAX_COMPRESSED_PIXELS,
+) -> np.ndarray:
     """Decode a CompressedImage (JPEG or PNG) to (H, W, 3) uint8 RGB.
 
     format: the message's format string ("jpeg", "png", "rgb8; jpeg compressed bgr8", ...). The
         codec is taken from the data's magic bytes, which must agree with the one the format names.
         image_transport compresses colour as bgr8, i.e. standard files; a target of rgb8/rgba8
         means RGB was written in OpenCV's BGR slots, and the channels are taken as they are.
+    expected_size: (height, width) the image must have (e.g. from the camera's CameraInfo);
+        None = any size up to ``max_pixels``. Checked on the header, before decoding
+        (``check_compressed_size``).
     Raises ImageEncodingError for unsupported formats, undecodable or oversized data.
     """
     original, named, target = parse_compressed_format(format)
@@ -397,13 +455,12 @@ def decode_compressed(data: Any, format: str) -> np.ndarray:
         )
     if named is not None and named != kind:
         raise ImageEncodingError(f"format {format!r} says {named} but the data is {kind}")
-    size = compressed_image_size(buf)
-    if size is not None and (
-        size[0] == 0 or size[1] == 0 or size[0] > MAX_IMAGE_DIM or size[1] > MAX_IMAGE_DIM
-    ):
+    if compressed_image_size(buf) is None:
         raise ImageEncodingError(
-            f"compressed image header says {size[1]}x{size[0]}, outside [1, {MAX_IMAGE_DIM}]"
+            f"cannot decode {buf.size} bytes of {kind.upper()} (format {format!r}): its header "
+            "declares no readable image size"
         )
+    check_compressed_size(buf, expected_size, max_pixels)
     swapped = target in ("rgb8", "rgba8", "rgb16", "rgba16")
     if kind == "jpeg":
         flag = cv2.IMREAD_COLOR if swapped or _IMREAD_COLOR_RGB is None else _IMREAD_COLOR_RGB

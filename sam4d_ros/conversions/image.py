@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from sam4d_core.codecs.errors import ImageSizeError
 from sam4d_core.codecs.image import (
     compressed_format_string,
     decode_compressed,
@@ -46,14 +47,35 @@ def image_to_array(msg: Any) -> np.ndarray:
     return decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian)
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an Image of any supported encoding (rgb8: no copy)."""
+def image_to_rgb(msg: Any, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an Image of any supported encoding (rgb8: no copy).
+
+    expected_size: (height, width) the image must have (the camera's CameraInfo); checked on the
+        message's fields before any conversion (ImageSizeError).
+    """
+    if expected_size is not None:
+        _check_expected(int(msg.height), int(msg.width), expected_size)
     return to_rgb(image_to_array(msg), msg.encoding)
 
 
-def compressed_image_to_rgb(msg: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a JPEG or PNG CompressedImage."""
-    return decode_compressed(msg.data, msg.format)
+def compressed_image_to_rgb(msg: Any, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a JPEG or PNG CompressedImage.
+
+    expected_size: (height, width) the image must have (the camera's CameraInfo). The size is
+        read from the JPEG / PNG header and checked before decoding (a header claiming a huge
+        image costs nothing); without it the size is only bounded by ``MAX_COMPRESSED_PIXELS``.
+    """
+    return decode_compressed(msg.data, msg.format, expected_size)
+
+
+def _check_expected(height: int, width: int, expected_size: tuple[int, int]) -> None:
+    exp_h, exp_w = (int(v) for v in expected_size)
+    if (height, width) != (exp_h, exp_w):
+        raise ImageSizeError(
+            f"image is {width}x{height} but {exp_w}x{exp_h} is expected",
+            (height, width),
+            (exp_h, exp_w),
+        )
 
 
 def array_to_image_msg(array: np.ndarray, encoding: str, header: Any = None) -> Any:
