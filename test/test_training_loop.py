@@ -401,65 +401,27 @@ def test_an_unknown_validation_prompt_is_refused_at_start(tmp_path: Path) -> Non
 
 def test_every_named_config_loads() -> None:
     """The shipped recipes parse into valid configs (a typo in a YAML fails here, not hours into
-    a run); the continuation stages start from the previous stage's weights."""
-    from training.config import named_configs
+    a run); the bundled model's recipe is one config of phases starting from the previous
+    bundled weights, the first on single frames with many objects and frozen encoders."""
+    from training.config import named_configs, phase_configs
 
     names = named_configs()
     assert {"sam4d_small_synthetic", "tiny_test"} <= set(names)
     for name in names:
-        load_train_config(name)
-    stage1 = load_train_config("sam4d_small_synthetic")
-    released = {"coord_scale": 1.0, "sine_scale": None, "temperature": 10000.0}
-    for k in range(2, 19):
-        cfg = load_train_config(f"sam4d_small_synthetic_stage{k}")
-        assert cfg.init_checkpoint and cfg.model == "sam4d_small", k
-        # Inherited from stage 1 through ``base:`` (the stages list only what they change);
-        # stage 18 renders the same seeds on the fly.
-        if k < 18:
-            assert cfg.data.sources == stage1.data.sources, k
-        # Only stage 9 changes a loss weight (focal 20 -> 2), through stage 8 as its base;
-        # stages 10 and 11 inherit it.
-        low_focal = k >= 9
-        loss = dataclasses.replace(cfg.loss, focal=stage1.loss.focal) if low_focal else cfg.loss
-        assert loss == stage1.loss and (cfg.loss.focal == 2.0) == low_focal, k
-        # The chain up to stage 10 keeps the released encodings it was trained with (pinned in
-        # stage 1, as sam4d_small changed them); stages 11 to 14 take sam4d_small's.
-        umpe = model_config(cfg).umpe
-        expected = get_config("sam4d_small").umpe if k >= 11 else released
-        if k < 11:
-            assert {n: getattr(umpe, n) for n in released} == expected, k
-        else:
-            assert umpe == expected
-        # Stages 10, 11 and 15 draw components anew (12 to 14 continue the one before).
-        assert bool(cfg.reinit) == (k in (10, 11, 15)), k
-    stage10 = model_config(load_train_config("sam4d_small_synthetic_stage10"))
-    mac = stage10.memory_attention
-    assert (mac.pos_scale, mac.pos_enc_at_cross_attn_queries, mac.tie_qk_init) == (0.3, True, True)
-    assert stage10.d_model == get_config("sam4d_small").d_model
-    stage11 = load_train_config("sam4d_small_synthetic_stage11")
-    assert stage11.reinit == ["umpe", "memory_attention"]
-    stage13 = load_train_config("sam4d_small_synthetic_stage13")
-    assert (stage13.data.clip_length, stage13.data.max_objects) == (1, 12)
-    stage15 = load_train_config("sam4d_small_synthetic_stage15")
-    assert model_config(stage15).memory_attention.distance_bias
-    assert stage15.reinit == ["memory_attention"]
-    assert stage15.freeze == ["image_encoder", "point_encoder", "umpe"]
-    stage16 = load_train_config("sam4d_small_synthetic_stage16")
-    assert model_config(stage16).memory_attention.distance_bias and not stage16.reinit
-    assert (stage16.freeze, stage16.val.prompt) == (stage15.freeze, "click")
-    stage17 = load_train_config("sam4d_small_synthetic_stage17")
-    assert (stage17.data.clip_length, stage17.freeze) == (4, stage15.freeze)
-    stage18 = load_train_config("sam4d_small_synthetic_stage18")
-    assert stage18.init_checkpoint.endswith("sam4d_small_stage16/model_step500_half.pt")
-    assert (stage18.data.clip_length, stage18.freeze) == (4, stage15.freeze)
-    (src,) = stage18.data.sources
-    assert (src.kind, tuple(src.seeds), src.num_frames) == ("synthetic", (1000, 1196), 20)
-    stage14 = load_train_config("sam4d_small_synthetic_stage14")
-    assert (stage14.data.clip_length, stage14.prompts.prob_mask, stage14.val.prompt) == (
-        2,
-        0.5,
-        "mask",
-    )
+        for _, cfg in phase_configs(load_train_config(name)):
+            model_config(cfg)
+    recipe = load_train_config("sam4d_small_synthetic")
+    phases = dict(phase_configs(recipe))
+    assert list(phases) == ["prompted", "tracking"]
+    prompted, tracking = phases["prompted"], phases["tracking"]
+    assert (prompted.data.clip_length, prompted.data.max_objects) == (1, 24)
+    assert {"image_encoder", "point_encoder", "umpe"} <= set(prompted.freeze)
+    assert tracking.data.clip_length > 1 and "memory_attention" not in tracking.freeze
+    assert all(p.time_budget_s > 0 for p in phases.values())
+    assert model_config(recipe).memory_attention.distance_bias
+    assert recipe.init_checkpoint.endswith("sam4d_small_synthetic_6747818.pt")
+    (src,) = recipe.data.sources
+    assert src.kind == "synthetic" and src.seeds[0] >= 1000  # held-out seeds are 9xxxxx
 
 
 def _started_from_a_checkpoint(tmp_path: Path, overrides: str, steps: int):

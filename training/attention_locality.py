@@ -1,9 +1,8 @@
 """Where does attention look? A diagnostic of the decoder's clicks and of MCMA's memory.
 
     python -m training.attention_locality --help
-    python -m training.attention_locality --config sam4d_small_synthetic_stage9 \
-        --checkpoint .build/runs/sam4d_small_stage9/model_final.pt --json stage9.json
-    python -m training.attention_locality --config sam4d_small_synthetic_stage10   # its start
+    python -m training.attention_locality --config sam4d_small_synthetic \
+        --checkpoint sam4d_core/weights/sam4d_small_synthetic.pt --json locality.json
 
 Prompting needs the decoder's click token to find the clicked object, and propagation needs MCMA
 to route each object's memory to the current tokens at the object's place (the decoder sees no

@@ -16,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the output folder}
-RECIPE=${1:-sam4d_small_recipe}
+RECIPE=${1:-sam4d_small_synthetic}
 RUN=.build/runs/gpu_burst
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the script itself
@@ -33,7 +33,9 @@ $PY -c "import torch, numpy, scipy, cv2, yaml; print('torch', torch.__version__,
 workers=${WORKERS:-$(($(nproc) - 2))}
 say "training $RECIPE with $workers data workers"
 timeout -s INT -k 20 "${TRAIN_LIMIT_S:-400}" $PY -m training.train --config "$RECIPE" --out "$RUN/train" \
-  --device "$DEVICE" --workers "$workers" --no-tensorboard >"$RUN/train.log" 2>&1
+  --device "$DEVICE" --workers "$workers" --no-tensorboard \
+  --set "phases[0].time_budget_s=${PHASE1_S:-220}" --set "phases[1].time_budget_s=${PHASE2_S:-100}" \
+  --set batch_size=4 >"$RUN/train.log" 2>&1
 say "training exit $? ($(ls "$RUN"/train/*/model_final.pt 2>/dev/null | tr '\n' ' '))"
 grep -E "validation|phase|recipe|Error|error" "$RUN/train.log" | tail -20 | tee -a "$LOG"
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.train --config sam4d_small_synthetic --out runs/small   # a named config
+    python -m training.train --config sam4d_small_synthetic --out runs/small   # a named recipe
     python -m training.train --config my.yaml --out DIR --resume              # continue DIR
     python -m training.train --config tiny_test --out /tmp/t --steps 20 --set optim.lr=1e-3
     torchrun --nproc_per_node 2 -m training.train --config ... --out DIR      # data parallel

@@ -1,7 +1,7 @@
 """Validation during training: mIoU on held-out clips tracked from a first-frame prompt.
 
-    python -m training.validation --config sam4d_small_synthetic_stage11 \
-        --checkpoint .build/runs/sam4d_small_stage11/model_step955.pt --clip-length 1 --clips 12
+    python -m training.validation --config sam4d_small_synthetic \
+        --checkpoint sam4d_core/weights/sam4d_small_synthetic.pt --clip-length 1 --clips 12
 
 (the same numbers as a run's validation, for any checkpoint; ``--clip-length 1`` scores the
 prompted frame alone; ``--prompt mask`` prompts with the ground-truth mask, so the tracked frames

@@ -1,8 +1,8 @@
 """The bundled default model: where it lives and what produced it.
 
 ``sam4d_small_synthetic.pt`` is the ``sam4d_small`` configuration (with MCMA's distance bias)
-trained from scratch on synthetic drives by a chain of stages (``training/configs/
-sam4d_small_synthetic.yaml`` holds the exact commands; the file is stage 18 at step 330), stored
+trained on synthetic drives (its recipe and the commands: ``training/configs/
+sam4d_small_synthetic.yaml``; how long it took, on what: ``training/RESULTS.md``), stored
 in half precision in our checkpoint format with its config embedded. It ships inside this Python
 package so that every install (colcon, ``pip install``) finds it next to the code that loads it;
 its evaluation report is ``sam4d_small_synthetic_eval.md`` / ``.json`` beside it.
