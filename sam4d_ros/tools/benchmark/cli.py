@@ -301,7 +301,7 @@ def _run_runtime(
             f"{_num(lat['p50'])} ms p90 {_num(lat['p90'])} ms, node RSS "
             f"{_num(t.resources['rss_mb_max'])} MB"
         )
-        if not t.node_alive:
+        if not t.node_alive and not label.startswith("fault"):
             raise DemoError(f"sam4d_node died:\n{session.node.log_tail()}")
         return t
 
@@ -311,6 +311,8 @@ def _run_runtime(
 
             r["soak"], series = run_soak(session, trial, args, gt is not None, say)
             rep["memory_series"] = series
+            if r["soak"]["faults"]:
+                r["faults"] = r["soak"]["faults"]
         elif args.rates:
             for k, rate in enumerate(args.rates):
                 trial(rate, "rate", gt=gt if k == 0 else None)

@@ -25,7 +25,8 @@ def _f(v: Any, digits: int = 1) -> str:
 def trial_dict(t: Any) -> dict[str, Any]:
     """A TrialResult as JSON (raw latencies left out: the summary and the CDF plot hold them)."""
     d = dataclasses.asdict(t)
-    d.pop("latencies_ms", None)
+    for raw in ("latencies_ms", "matched_stamps", "out_wall_s"):
+        d.pop(raw, None)
     return d
 
 

@@ -64,6 +64,8 @@ class TrialResult:
     wall_s: float = 0.0
     node_alive: bool = True
     latencies_ms: list[float] = field(default_factory=list)  # raw, for the CDF plot
+    matched_stamps: list[int] = field(default_factory=list)  # stamps of latencies_ms
+    out_wall_s: list[float] = field(default_factory=list)  # when each of them came out
 
 
 class BenchSession:
@@ -339,6 +341,8 @@ class BenchSession:
             wall_s=t1 - t0,
             node_alive=self.node.alive(),
             latencies_ms=list(book.latencies_ms),
+            matched_stamps=list(book.matched_stamps),
+            out_wall_s=list(book.out_wall_s),
         )
 
     def _score(
