@@ -141,7 +141,7 @@ class _Injector:
         elif kind == "tf_nan":
             from geometry_msgs.msg import TransformStamped
 
-            cls = type(self.tf.msg_type())
+            cls = self.tf.msg_type
             for k in range(3):
                 tr = TransformStamped(
                     header=make_header(stamp_ns + k * 30_000_000, info.fixed_frame or "map")
@@ -251,7 +251,9 @@ def run_episode(
             while player.running:
                 time.sleep(0.01)
             offset = (t_fault - stamps[0]) / _NS - 0.5
-            second = session.make_player(rate, start_offset_s=max(0.0, offset))
+            second = session.make_player(
+                rate, start_offset_s=max(0.0, offset), node_name="bag_player_restarted"
+            )
             state["sent"] = 1
             state["end_wall"] = time.monotonic()
             state["jump_from"] = t_fault
@@ -283,7 +285,9 @@ def run_episode(
         )
         if after:
             recover = max(0.0, min(after) - end_wall)
-    lost = max(0, t.sweeps_dropped - baseline_dropped)
+    # The injected clouds reach the monitor as sweeps too: not good sweeps.
+    injected = state["sent"] if ep.kind == "cloud" else 0
+    lost = max(0, t.sweeps_dropped - injected - baseline_dropped)
     result = {
         "fault": ep.name,
         "sent": state["sent"],

@@ -46,7 +46,7 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.2e}"
 
 
 def line_plot(
@@ -65,7 +65,7 @@ def line_plot(
 
     w, h = size
     img = np.full((h, w, 3), 255, np.uint8)
-    left, right, top, bottom = 80, 20, 40, 60
+    left, right, top, bottom = 80, 40, 60, 60
     xs = [float(v) for s in series for v in s.x if math.isfinite(float(v))]
     ys = [float(v) for s in series for v in s.y if math.isfinite(float(v))]
     if hline is not None:
@@ -113,7 +113,7 @@ def line_plot(
             for p in pts:
                 cv2.circle(img, p, 4, color, -1, cv2.LINE_AA)
         cv2.putText(img, s.label, (left + 10, top + 18 + 18 * i), font, 0.45, color, 1, cv2.LINE_AA)
-    cv2.putText(img, title, (left, 25), font, 0.6, black, 1, cv2.LINE_AA)
+    cv2.putText(img, title, (left, 22), font, 0.6, black, 1, cv2.LINE_AA)
     cv2.putText(img, xlabel, (w // 2 - 60, h - 15), font, 0.5, black, 1, cv2.LINE_AA)
     cv2.putText(img, ylabel, (5, top - 8), font, 0.45, black, 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)

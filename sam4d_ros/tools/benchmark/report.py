@@ -23,10 +23,12 @@ def _f(v: Any, digits: int = 1) -> str:
 
 
 def trial_dict(t: Any) -> dict[str, Any]:
-    """A TrialResult as JSON (raw latencies left out: the summary and the CDF plot hold them)."""
+    """A TrialResult as JSON (the per-sweep latencies rounded to 0.1 ms; stamps and output
+    times left out)."""
     d = dataclasses.asdict(t)
-    for raw in ("latencies_ms", "matched_stamps", "out_wall_s"):
+    for raw in ("matched_stamps", "out_wall_s"):
         d.pop(raw, None)
+    d["latencies_ms"] = [round(x, 1) for x in t.latencies_ms]
     return d
 
 

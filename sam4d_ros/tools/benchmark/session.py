@@ -163,6 +163,7 @@ class BenchSession:
         rate: float,
         start_offset_s: float = 0.0,
         message_filter: Callable[[str, int], bool] | None = None,
+        node_name: str = "bag_player",
     ) -> Any:
         from sam4d_ros.tools.play import BagPlayer
 
@@ -183,6 +184,7 @@ class BenchSession:
             delay_s=0.5,
             log=None,
             message_filter=message_filter,
+            node_name=node_name,
         )
 
     def run_trial(
@@ -263,6 +265,14 @@ class BenchSession:
             if p.success is False:
                 continue
             answer = mon.call(mon.add_client, AddPrompts.Request(prompts=[prompt_message(p)]))
+            if answer is not None and not answer.success:
+                # Refused (e.g. the frame left the node's buffer while we waited): once more,
+                # on the newest frame it has, as the demo does.
+                first = str(answer.message)
+                time.sleep(0.2)
+                answer = mon.call(mon.add_client, AddPrompts.Request(prompts=[prompt_message(p)]))
+                if answer is not None and not answer.success:
+                    answer.message = f"{first}; again: {answer.message}"
             if answer is None:
                 p.success, p.message = False, "no answer from add_prompts"
                 continue
