@@ -197,10 +197,13 @@ def test_the_report(tmp_path: Path) -> None:
 
 
 def _bench(out: Path, ckpt: Path, *args: str, timeout: float) -> tuple[dict, str]:
+    # A domain from 215-232 (valid with Fast DDS, unused by conftest's 1-100): other test runs
+    # on this machine that play the bundled recording must not reach our node and monitor.
+    env = dict(os.environ, ROS_DOMAIN_ID=str(215 + os.getpid() % 18))
     proc = subprocess.run(
         [sys.executable, "-m", "sam4d_ros.tools.benchmark", "--checkpoint", str(ckpt),
          "--out", str(out), "--no-progress", *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
     text = proc.stdout + proc.stderr
     log = out / "node.log"

@@ -301,6 +301,14 @@ def _run_runtime(
             f"{_num(lat['p50'])} ms p90 {_num(lat['p90'])} ms, node RSS "
             f"{_num(t.resources['rss_mb_max'])} MB"
         )
+        if label in ("search", "rate", "soak") and t.sweeps_sent != len(info.sweep_stamps_ns):
+            warn = (
+                f"{label} trial at rate {rate:.3g}: the monitor saw {t.sweeps_sent} sweeps for "
+                f"{len(info.sweep_stamps_ns)} played: another publisher on the input topics "
+                "(same ROS_DOMAIN_ID)?"
+            )
+            r.setdefault("warnings", []).append(warn)
+            say(f"[benchmark] WARNING: {warn}")
         if not t.node_alive and not label.startswith("fault"):
             raise DemoError(f"sam4d_node died:\n{session.node.log_tail()}")
         return t

@@ -153,6 +153,8 @@ def markdown(rep: dict[str, Any]) -> str:
         if r.get("error"):
             lines += [f"Failed: {r['error']}", ""]
             continue
+        for w in r.get("warnings", []):
+            lines += [f"**Warning**: {w}", ""]
         s = r.get("search")
         if s:
             peak = s["peak_rate"]
