@@ -16,18 +16,22 @@ BUILD_STAMP := $(BUILD_DIR)/.sam4d-built
 RUN := test/env/ros_env.sh
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
 # Everything the colcon build reads: a change to any of these rebuilds (new files need the install
 # step even with --symlink-install).
 BUILD_INPUTS := package.xml CMakeLists.txt $(shell find msg srv sam4d_ros sam4d_core launch config \
 	rviz test/env/tf2_msgs -name __pycache__ -prune -o -type f -print 2>/dev/null)
 
-.PHONY: help env build demo test lint bench-conversions sample-data lock clean
+.PHONY: help env build demo benchmark test lint bench-conversions sample-data lock clean
 
 help:
 	@echo "make demo               set up if needed, then the main job: the node on the bundled"
 	@echo "                        recording, prompted; report + video in a new .build/demo/<time>/"
 	@echo "                        (DEMO_ARGS='--bag DIR --prompt front:320,200@0.3' for others)"
+	@echo "make benchmark          replay benchmark of the node on the bundled recording: peak"
+	@echo "                        rate, latency, drops, CPU/RSS, IoU; report in .build/benchmark/"
+	@echo "                        (BENCH_ARGS='--bag DIR --soak 30 --faults' for others)"
 	@echo "make test               set up .venv and .build if needed, then run the tests"
 	@echo "make env | build        only the venv | the venv and the colcon build"
 	@echo "make lint               ruff over the repository"
@@ -57,6 +61,11 @@ $(BUILD_STAMP): $(VENV_STAMP) $(BUILD_INPUTS)
 # outputs are.
 demo: $(BUILD_STAMP)
 	@$(RUN) python -m sam4d_ros.tools.demo $(DEMO_ARGS)
+
+# ros2_benchmark-style replay benchmark (sam4d_ros/tools/benchmark/); niced: it measures the node,
+# not the machine's other jobs.
+benchmark: $(BUILD_STAMP)
+	@nice -n 10 $(RUN) python -m sam4d_ros.tools.benchmark $(BENCH_ARGS)
 
 test: $(BUILD_STAMP)
 	@$(RUN) pytest test $(PYTEST_ARGS)

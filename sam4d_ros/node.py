@@ -18,7 +18,9 @@ Outputs (QoS ``qos.output_*``; headers copied from the inputs): per camera ``~/<
 (mono16, 0 = background, value = object id) and ``~/<camera>/overlay`` (rgb8);
 ``~/points_labeled`` (the input cloud + ``label`` uint32 + ``score`` float32); ``~/objects``
 (sam4d_ros/TrackedObjects); ``~/markers`` (MarkerArray); ``~/debug/processing_time_ms`` and
-``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = now - sweep stamp); ``/diagnostics``
+``~/debug/pipeline_latency_ms`` (std_msgs/Float64; latency = now - sweep stamp),
+``~/debug/stage_times_ms`` (DiagnosticArray: the tracker's stage timings of each sweep);
+``/diagnostics``
 (every ``diagnostics.period_s``, one status per stream). An output nobody subscribes to is not
 computed.
 
@@ -72,6 +74,7 @@ from visualization_msgs.msg import MarkerArray
 
 from sam4d_ros.budget import BudgetWatch
 from sam4d_ros.conversions.stamps import stamp_to_ns
+from sam4d_ros.debug_topics import STAGE_TIMES_TOPIC, stage_times_msg
 from sam4d_ros.frame_builder import BuiltFrame, FrameBuilder, FrameBuildError
 from sam4d_ros.memory import HeapTrimmer, limit_malloc_arenas, rss_mb
 from sam4d_ros.msg import Prompt, TrackedObjects
@@ -509,7 +512,7 @@ class Sam4dNode(Node):
         self._markers_pub = (
             self.create_publisher(MarkerArray, "~/markers", qos_out) if p.publish_markers else None
         )
-        self._processing_pub = self._latency_pub = None
+        self._processing_pub = self._latency_pub = self._stage_pub = None
         if p.publish_debug:
             self._processing_pub = self.create_publisher(
                 Float64, "~/debug/processing_time_ms", qos_out
@@ -517,6 +520,7 @@ class Sam4dNode(Node):
             self._latency_pub = self.create_publisher(
                 Float64, "~/debug/pipeline_latency_ms", qos_out
             )
+            self._stage_pub = self.create_publisher(DiagnosticArray, STAGE_TIMES_TOPIC, qos_out)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # A steady clock: diagnostics go on while a replayed /clock is paused or jumps back.
         self._diagnostics_timer = self.create_timer(
@@ -993,6 +997,8 @@ class Sam4dNode(Node):
         if processing_ms is not None:
             send(self._processing_pub, lambda: Float64(data=processing_ms))
             send(self._latency_pub, lambda: Float64(data=latency_ms))
+            timings = getattr(result, "timings_ms", None) or {}
+            send(self._stage_pub, lambda: stage_times_msg(built.stamp_ns, timings, self.get_name()))
         with self._status_lock:
             st = self._status
             for name, n in counts.items():

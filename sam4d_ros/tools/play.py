@@ -226,6 +226,9 @@ class BagPlayer:
         on_loop: called with the number of passes completed each time a looped bag restarts
             (from the player thread, just before the new pass's first message).
         log: where progress lines go (default: stderr); None silences them.
+        message_filter: called with (output topic, log time in ns) before each message of a
+            pass; False leaves that message out (a camera that stops, TF withheld: fault
+            injection in the benchmark).
     """
 
     def __init__(
@@ -238,9 +241,11 @@ class BagPlayer:
         node_name: str = "bag_player",
         on_loop: Callable[[int], None] | None = None,
         log: Callable[[str], None] | None = _stderr,
+        message_filter: Callable[[str, int], bool] | None = None,
         **overrides: Any,
     ) -> None:
         self.bag = Path(bag)
+        self.message_filter = message_filter
         self.options = dataclasses.replace(options or PlayOptions(), **overrides)
         self.options.validate()
         self.on_loop = on_loop
@@ -669,6 +674,11 @@ class BagPlayer:
                         self._stop.wait((due - now) / _NS)
                         continue
                     break
+                if self.message_filter is not None and not self.message_filter(
+                    self._topic_of[conn.id], t
+                ):
+                    last_t = t
+                    continue
                 if o.clock_each_message and self._clock_pub is not None:
                     last_clock = max(last_clock, t)
                     self._publish_clock(last_clock)
