@@ -414,7 +414,7 @@ def test_every_named_config_loads() -> None:
     phases = dict(phase_configs(recipe))
     assert list(phases) == ["prompted", "tracking"]
     prompted, tracking = phases["prompted"], phases["tracking"]
-    assert (prompted.data.clip_length, prompted.data.max_objects) == (1, 24)
+    assert (prompted.data.clip_length, prompted.data.max_objects) == (1, 16)
     assert {"image_encoder", "point_encoder", "umpe"} <= set(prompted.freeze)
     assert tracking.data.clip_length > 1 and "memory_attention" not in tracking.freeze
     assert all(p.time_budget_s > 0 for p in phases.values())
