@@ -171,6 +171,7 @@ def tracker_config(params: NodeParameters, model: Any) -> Any:
         max_object_pointers=min(
             params.max_object_pointers, max(int(mem.max_obj_ptrs_in_encoder), 1)
         ),
+        reprompt=params.reprompt,
     )
 
 

@@ -300,6 +300,7 @@ class StepOutputs:
             t = TrackedObject()
             t.id = int(obj.object_id)
             t.presence_score = float(obj.presence_score)
+            t.lost = bool(obj.lost)
             t.predicted_iou = float(obj.predicted_iou)
             if obj.object_id in present:
                 mine = labels == obj.object_id

@@ -193,6 +193,13 @@ def global_parameter_specs() -> list[ParamSpec]:
         _g("tracker.max_object_pointers", 8,
            "Object pointers per object in memory attention (8 in the released model).",
            range=(1, 64)),
+        _g("tracker.reprompt", True,
+           "Motion-compensated re-prompting: each object's LiDAR segment is kept in the fixed "
+           "frame with a constant-velocity estimate, predicted into the next sweep and given to "
+           "the decoder beside the memory as 3D clicks and projected camera boxes; an object "
+           "whose prediction finds no support in the sweep is reported lost (TrackedObject.lost, "
+           "absent). false = memory only (the SAM4D protocol, e.g. to reproduce the released "
+           "checkpoint's numbers)."),
         # -------------------------------------------------------------- prompts
         _g("prompts.clicked_point_topic", "/clicked_point",
            "geometry_msgs/PointStamped topic of RViz's Publish Point tool (any TF frame); empty = "
@@ -392,6 +399,7 @@ class NodeParameters:
     max_objects: int
     num_maskmem: int
     max_object_pointers: int
+    reprompt: bool
     clicked_point_topic: str
     image_click_suffix: str
     prompts_max_per_request: int
@@ -807,6 +815,7 @@ def validate_parameters(
         max_objects=v["tracker.max_objects"],
         num_maskmem=v["tracker.num_maskmem"],
         max_object_pointers=v["tracker.max_object_pointers"],
+        reprompt=v["tracker.reprompt"],
         clicked_point_topic=v["prompts.clicked_point_topic"],
         image_click_suffix=suffix,
         prompts_max_per_request=v["prompts.max_per_request"],

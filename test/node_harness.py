@@ -672,6 +672,7 @@ def assert_outputs_match(
     for oid, o in expected.items():
         assert got[oid].presence_score == pytest_approx(o.presence_score)
         assert got[oid].predicted_iou == pytest_approx(o.predicted_iou)
+        assert got[oid].lost == o.lost
     for cam in out.cameras:
         labels = h.outputs_at(f"{cam}/labels", image_stamps[cam])
         if f"{NODE}/{cam}/labels" not in h.output_topics:

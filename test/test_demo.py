@@ -199,12 +199,20 @@ def test_the_iou_is_the_bundled_models_own_evaluation(demo) -> None:
     """The node, fed over DDS and prompted through its service, reaches the IoU that the bundled
     model's evaluation report gives for the same object and the same one-click prompt."""
     from sam4d_core.evaluation import load_report, object_result
+    from sam4d_core.evaluation.report import report_modes
     from sam4d_core.weights import BUNDLED_EVAL_JSON
 
     _, rep, _ = demo
     (p,) = rep["prompts"]
     (e,) = rep["evaluation"]
-    entry = object_result(load_report(BUNDLED_EVAL_JSON), SEQUENCE, p["gt_object_id"], "1click")
+    report = load_report(BUNDLED_EVAL_JSON)
+    # The node runs with its default tracker.reprompt (true): the report's re-prompting runs.
+    if "reprompt" not in report_modes(report):
+        pytest.skip(
+            "the bundled report predates the tracker modes (memory only) while the node "
+            "re-prompts by default: regenerate it with `python -m training.evaluate` (both modes)"
+        )
+    entry = object_result(report, SEQUENCE, p["gt_object_id"], "1click", mode="reprompt")
     # The same prompt: frame, camera and click.
     assert entry["first_frame"] == p["frame"]
     u, v = entry["prompt_detail"]["points"][0]

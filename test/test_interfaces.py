@@ -58,7 +58,7 @@ def test_serialization_round_trip() -> None:
     objs.header.frame_id = "lidar_top"
     objs.cameras_used = ["front", "left"]
     o = TrackedObject(
-        id=3, presence_score=0.875, predicted_iou=0.75, lidar_score=0.5, num_points=42
+        id=3, presence_score=0.875, predicted_iou=0.75, lidar_score=0.5, num_points=42, lost=True
     )
     o.has_box_3d = True
     o.box_pose.position.x = 10.0
@@ -70,6 +70,7 @@ def test_serialization_round_trip() -> None:
     back = deserialize_message(serialize_message(objs), TrackedObjects)
     assert back == objs
     assert back.objects[0].camera_boxes[0].area == 5
+    assert back.objects[0].lost is True
 
 
 def test_services_and_topics_across_processes(rclpy_context, ros_process) -> None:

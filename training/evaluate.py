@@ -3,11 +3,14 @@
     python -m training.evaluate --help
     python -m training.evaluate --synthetic-seeds 950000 950008 --json r.json --md r.md
     python -m training.evaluate --checkpoint last.pt --waymo /data/val --max-objects-per-sequence 0
+    python -m training.evaluate --synthetic-seeds 950000 950002 --tracker-modes reprompt
 
 Every object of every sequence is prompted once on the first frame where it appears (1 click,
 3 clicks, box or ground-truth mask, in the image or in the LiDAR) and tracked to the end by the
 streaming tracker; the report gives image mIoU, image J&F and LiDAR mIoU per (prompt type, prompt
-modality), the cross-modal cells included (the rules: :mod:`sam4d_core.evaluation`).
+modality), the cross-modal cells included (the rules: :mod:`sam4d_core.evaluation`), for each
+tracker mode (``--tracker-modes``: memory only, the SAM4D protocol, and motion-compensated
+re-prompting), side by side.
 
 Sources: ``--synthetic-seeds START STOP`` (sequences generated on the fly, deterministically,
 one per seed of ``range(START, STOP)``, named ``<preset>_<seed>``), ``--waymo DIR`` and ``--bag
@@ -172,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--min-pixels", type=int, default=30, help="an object appears in a camera")
     e.add_argument("--min-points", type=int, default=10, help="an object appears in the LiDAR")
+    e.add_argument(
+        "--tracker-modes",
+        default="memory,reprompt",
+        help="memory,reprompt: tracker modes reported side by side (memory: the SAM4D protocol; "
+        "reprompt: motion-compensated re-prompting)",
+    )
     r = p.add_argument_group("run and output")
     r.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     r.add_argument("--device", default="cpu")
@@ -208,6 +217,7 @@ def canonical_command(args: argparse.Namespace, checkpoint: Path) -> str:
     parts += ["--prompts", args.prompts, "--modalities", args.modalities]
     parts += ["--max-objects-per-sequence", str(args.max_objects_per_sequence)]
     parts += ["--min-pixels", str(args.min_pixels), "--min-points", str(args.min_points)]
+    parts += ["--tracker-modes", args.tracker_modes]
     parts += ["--threads", str(args.threads), "--device", args.device]
     if args.json:
         parts += ["--json", _display_path(args.json)]
@@ -289,6 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         min_pixels=args.min_pixels,
         min_points=args.min_points,
         max_objects=args.max_objects_per_sequence or None,
+        tracker_modes=_split(args.tracker_modes),
     )
     sources: list[Source] = []
     if args.synthetic_seeds:
@@ -341,10 +352,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if not out_sources:
         raise SystemExit("no sequence to evaluate (check --sequences and the sources)")
+    modes = list(cfg.tracker_modes)
     for s in out_sources:
-        s["cells"] = aggregate_runs(source_runs(s))
+        s["cells_by_mode"] = {m: aggregate_runs(source_runs(s), m) for m in modes}
+        s["cells"] = s["cells_by_mode"][modes[0]]
     held = [s for s in out_sources if s["held_out"]] or out_sources
-    cells = aggregate_runs(r for s in held for r in source_runs(s))
+    by_mode = {m: aggregate_runs((r for s in held for r in source_runs(s)), m) for m in modes}
+    cells = by_mode[modes[0]]
     settings = cfg.to_dict()
     settings.update({"threads": args.threads, "device": args.device})
     report: dict[str, Any] = {
@@ -355,8 +369,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": ck,
         "settings": settings,
         "sources": out_sources,
-        "aggregate": {"sources": [s["name"] for s in held], "cells": cells},
-        "targets": check_targets(cells),
+        "aggregate": {
+            "sources": [s["name"] for s in held],
+            "cells": cells,
+            "cells_by_mode": by_mode,
+        },
+        "targets": [t for m in modes for t in check_targets(by_mode[m], m)],
         "timing": {
             "total_s": round(time.perf_counter() - t_start, 1),
             "per_sequence_s": per_seq_s,

@@ -8,11 +8,13 @@ JSON (``format`` ``sam4d_ros.evaluation``, version 1)::
     sources[]                name, kind, held_out (enters the headline aggregate), details,
                              sequences[] (SequenceResult.to_dict: objects and per-object runs
                              with per-frame image_iou / boundary_f / lidar_iou / camera_iou
-                             and their means),
-                             cells (that source's table)
+                             and their means, the tracker mode and its lost frames),
+                             cells (that source's table, first tracker mode),
+                             cells_by_mode (mode -> table)
     aggregate                the headline table over the held-out sources: cells keyed
                              "<prompt>/<modality>" (image_miou, j, f, jf, lidar_miou, objects)
-    targets[]                the issue's targets checked on the aggregate
+                             of the first tracker mode; cells_by_mode: mode -> such a table
+    targets[]                the issue's targets checked on the aggregate, per tracker mode
     timing                   seconds in all and per sequence (with argv, what differs between
                              identical runs)
 
@@ -49,10 +51,20 @@ def cell_key(prompt: str, modality: str) -> str:
     return f"{prompt}/{modality}"
 
 
-def aggregate_runs(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per (prompt, modality) cell: the means over objects of the runs' per-object means."""
+def run_mode(run: Mapping[str, Any]) -> str:
+    """A run's tracker mode (reports before modes existed: memory only)."""
+    return str(run.get("mode", "memory"))
+
+
+def aggregate_runs(
+    runs: Iterable[Mapping[str, Any]], mode: str = "memory"
+) -> dict[str, dict[str, Any]]:
+    """Per (prompt, modality) cell: the means over objects of the runs' per-object means, over
+    the runs of tracker mode ``mode``."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in runs:
+        if run_mode(r) != mode:
+            continue
         groups.setdefault(cell_key(r["prompt"], r["modality"]), []).append(r)
     cells = {}
     for key, rs in groups.items():
@@ -67,6 +79,7 @@ def aggregate_runs(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any
             "objects": len(rs),
             "image_objects": sum(r["j"] is not None for r in rs),
             "lidar_objects": sum(r["lidar_miou"] is not None for r in rs),
+            "lost_frames": sum(int(r.get("lost_frames", 0)) for r in rs),
         }
     return cells
 
@@ -75,7 +88,14 @@ def source_runs(source: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [r for s in source["sequences"] for r in s["runs"]]
 
 
-def check_targets(cells: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+def report_modes(report: Mapping[str, Any]) -> list[str]:
+    """The tracker modes of a report, in its order (older reports: memory only)."""
+    return list(report.get("settings", {}).get("tracker_modes", ["memory"]))
+
+
+def check_targets(
+    cells: Mapping[str, Mapping[str, Any]], mode: str = "memory"
+) -> list[dict[str, Any]]:
     """The issue's targets on a table: value (None when the cell is missing) and whether met."""
     out = []
     for prompt, mod, metric, minimum in TARGETS:
@@ -88,6 +108,7 @@ def check_targets(cells: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
                 "metric": metric,
                 "cross_modal": (mod == "img") != (metric == "image_miou"),
                 "target": minimum,
+                "mode": mode,
                 "value": value,
                 "met": value is not None and value >= minimum,
             }
@@ -122,6 +143,7 @@ def object_result(
     prompt: str = "1click",
     modality: str = "img",
     source: str | None = None,
+    mode: str = "memory",
 ) -> dict[str, Any]:
     """One object's entry: ``first_frame``, ``prompt_detail`` (camera, ``points`` = the click(s),
     box, mask size), ``frames``, per-frame ``image_iou`` (pooled over cameras) / ``boundary_f`` /
@@ -131,6 +153,7 @@ def object_result(
     Args:
         sequence: the sequence name (e.g. ``"synthetic_drive"``, ``"bundled_sample_950000"``).
         source: restrict to the source of that name (None: the first sequence of that name).
+        mode: the tracker mode (``memory`` or ``reprompt``).
 
     Raises:
         KeyError: no such sequence, or the object was not evaluated with that prompt.
@@ -148,11 +171,13 @@ def object_result(
                     int(r["object_id"]) == int(object_id)
                     and r["prompt"] == prompt
                     and r["modality"] == modality
+                    and run_mode(r) == mode
                 ):
                     return dict(r)
             evaluated = seq.get("objects", [])
             raise KeyError(
                 f"sequence {sequence!r}: object {object_id} has no {prompt}/{modality} entry "
+                f"{'' if mode == 'memory' else f'in mode {mode} '}"
                 f"(evaluated objects: {evaluated})"
             )
     if not found_seq:
@@ -191,6 +216,40 @@ def markdown_table(cells: Mapping[str, Mapping[str, Any]], combos: Iterable[tupl
         lines.append(
             f"| {PROMPT_NAMES.get(prompt, prompt)} | {MODALITY_NAMES.get(mod, mod)} | {img} | "
             f"{jf_cell} | {lid} | {c['objects']} |"
+        )
+    return "\n".join(lines)
+
+
+MODE_NAMES = {"memory": "memory only", "reprompt": "re-prompting"}
+
+
+def modes_table(
+    by_mode: Mapping[str, Mapping[str, Mapping[str, Any]]], combos: Iterable[tuple[str, str]]
+) -> str:
+    """The tracker modes side by side: image and LiDAR mIoU of each mode per (prompt, prompt
+    modality), and the frames the re-prompting tracker reported an object lost."""
+    modes = list(by_mode)
+    names = [MODE_NAMES.get(m, m) for m in modes]
+    lines = [
+        "| prompt | prompted in | "
+        + " | ".join(f"image mIoU {n}" for n in names)
+        + " | "
+        + " | ".join(f"LiDAR mIoU {n}" for n in names)
+        + " | lost frames | objects |",
+        "|---|---|" + "---:|" * (2 * len(modes) + 2),
+    ]
+    for prompt, mod in combos:
+        cells = [by_mode[m].get(cell_key(prompt, mod)) for m in modes]
+        if all(c is None for c in cells):
+            continue
+        img = [_fmt(None if c is None else c["image_miou"]) for c in cells]
+        lid = [_fmt(None if c is None else c["lidar_miou"]) for c in cells]
+        lost = sum(int(c.get("lost_frames", 0)) for c in cells if c is not None)
+        n = next(c["objects"] for c in cells if c is not None)
+        lines.append(
+            f"| {PROMPT_NAMES.get(prompt, prompt)} | {MODALITY_NAMES.get(mod, mod)} | "
+            + " | ".join(img + lid)
+            + f" | {lost} | {n} |"
         )
     return "\n".join(lines)
 
@@ -236,12 +295,32 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     agg = report["aggregate"]
+    modes = report_modes(report)
     out += [
         f"## Held-out ({', '.join(agg['sources'])}): {n_seq} sequences, {n_obj} objects",
         "",
+    ]
+    if len(modes) > 1:
+        out += [f"Tracker mode: {MODE_NAMES.get(modes[0], modes[0])}.", ""]
+    out += [
         markdown_table(agg["cells"], combos),
         "",
     ]
+    by_mode = agg.get("cells_by_mode", {})
+    if len(modes) > 1 and by_mode:
+        out += [
+            "### Tracker modes side by side",
+            "",
+            "Memory only: the SAM4D protocol (the decoder sees the object's memory). "
+            "Re-prompting: each object's LiDAR segment is kept in the world frame with a "
+            "constant-velocity motion estimate, predicted into the next sweep and fed to the "
+            "decoder beside the memory as 3D clicks and projected camera boxes; an object whose "
+            "prediction finds no support is reported lost (absent). Lost frames: of the "
+            "re-prompting tracker, summed over objects.",
+            "",
+            modes_table(by_mode, combos),
+            "",
+        ]
     tg = report.get("targets", [])
     if tg:
         parts = []
@@ -252,6 +331,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{'image' if t['metric'] == 'image_miou' else 'LiDAR'} mIoU"
             )
             status = "n/a" if t["value"] is None else ("met" if t["met"] else "NOT met")
+            if len(modes) > 1:
+                what += f" ({MODE_NAMES.get(t.get('mode', 'memory'), t.get('mode'))})"
             parts.append(f"{what} {_fmt(t['value'])} (target >= {t['target']:.2f}: {status})")
         out += [
             "Targets of the issue (first-frame prompt, 20 frames): " + "; ".join(parts) + ".",
@@ -281,7 +362,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     for src in report["sources"]:
         for seq in src["sequences"]:
-            cells = aggregate_runs(seq["runs"])
+            cells = aggregate_runs(seq["runs"], modes[0])
             row = [src["name"], seq["name"], f"{len(seq['objects'])} ({seq['num_candidates']})"]
             for m in st["modalities"]:
                 c = cells.get(cell_key(first, m))
@@ -308,6 +389,9 @@ __all__ = [
     "check_targets",
     "load_report",
     "markdown_table",
+    "modes_table",
+    "report_modes",
+    "run_mode",
     "object_result",
     "render_markdown",
     "source_runs",

@@ -11,14 +11,16 @@ Per sequence (:func:`evaluate_sequence`):
    ``max_objects``, :func:`select_objects` keeps the objects asked for (e.g. the ROS demo's,
    :func:`pick_demo_object`) and fills up with a random sample seeded by the sequence name
    (CRC-32), the same whatever prompt types or modalities are evaluated.
-2. For each (prompt type, prompt modality) one :class:`~sam4d_core.tracking.streaming_tracker.
-   StreamingTracker` runs over the whole sequence with all the selected objects (batched); each
-   object is added on the first frame where it appears in the prompt modality
-   (:mod:`.first_frame_prompts`) right after that frame's ``step`` (a prompt on the newest frame,
-   as a user's click on what they see) and tracked to the last frame. The trackers of one
-   sequence run in lockstep and share each frame's encoding (:class:`SharedFrameEncoding`): the
-   image and LiDAR encoders run once per frame, not once per prompt type. Each tracker's batch
-   holds only its own objects, so a subset of prompt types gives the same numbers.
+2. For each (prompt type, prompt modality) and tracker mode (``memory``: the SAM4D protocol;
+   ``reprompt``: motion-compensated re-prompting, :mod:`sam4d_core.tracking.reprompt`) one
+   :class:`~sam4d_core.tracking.streaming_tracker.StreamingTracker` runs over the whole sequence
+   with all the selected objects (batched); each object is added on the first frame where it
+   appears in the prompt modality (:mod:`.first_frame_prompts`) right after that frame's
+   ``step`` (a prompt on the newest frame, as a user's click on what they see) and tracked to
+   the last frame. The trackers of one sequence run in lockstep and share each frame's encoding
+   (:class:`SharedFrameEncoding`): the image and LiDAR encoders run once per frame, not once per
+   prompt type or mode. Each tracker's batch holds only its own objects, so a subset of prompt
+   types (or modes) gives the same numbers.
 3. Every tracked frame of every object (from its prompted frame on, the prompted frame
    included) is scored against the ground truth (:mod:`.metrics`): image IoU pooled over the
    cameras with ground truth, boundary F from pooled DAVIS counts, LiDAR IoU without ignored
@@ -74,6 +76,9 @@ DEFAULT_MIN_PIXELS = 30
 # Road users: the classes the demo prefers to prompt (tracking a moving car shows more than a wall).
 DEMO_CLASSES: tuple[str, ...] = ("car", "pedestrian", "cyclist", "truck", "bus", "motorcycle")
 DEFAULT_MIN_POINTS = 10
+TRACKER_MODES: tuple[str, ...] = ("memory", "reprompt")
+"""``memory``: memory only (the SAM4D protocol); ``reprompt``: with motion-compensated
+re-prompting (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.reprompt`)."""
 
 
 def normalize_class(name: str) -> str:
@@ -103,6 +108,7 @@ class EvalConfig:
         max_objects: at most this many objects per sequence (None: all candidates).
         bound_th: DAVIS boundary tolerance (fraction of the image diagonal).
         mask_threshold: the tracker's mask probability threshold.
+        tracker_modes: subset of :data:`TRACKER_MODES`, each run on the same prompts.
     """
 
     prompt_types: tuple[str, ...] = PROMPT_TYPES
@@ -113,10 +119,15 @@ class EvalConfig:
     max_objects: int | None = None
     bound_th: float = DAVIS_BOUND_TH
     mask_threshold: float = 0.5
+    tracker_modes: tuple[str, ...] = ("memory",)
 
     def __post_init__(self) -> None:
         self.prompt_types = tuple(self.prompt_types)
         self.modalities = tuple(self.modalities)
+        self.tracker_modes = tuple(self.tracker_modes)
+        modes = self.tracker_modes
+        if not modes or len(set(modes)) != len(modes) or set(modes) - set(TRACKER_MODES):
+            raise ValueError(f"tracker modes must be distinct, among {TRACKER_MODES}; got {modes}")
         self.semantic_blacklist = tuple(self.semantic_blacklist)
         bad = [p for p in self.prompt_types if p not in PROMPT_TYPES]
         bad += [m for m in self.modalities if m not in MODALITIES]
@@ -342,6 +353,8 @@ class ObjectRun:
         object_id: ground-truth id. semantic: its class.
         prompt_type / modality: the prompt.
         first_frame: the prompted frame.
+        mode: the tracker mode (:data:`TRACKER_MODES`).
+        lost: per scored frame, the tracker reported the object lost.
         prompt: :meth:`FirstFramePrompt.describe` (camera, clicks, box, mask size).
         frames: the scored frames (first_frame .. last). scores: one per frame.
         summary: the means over frames.
@@ -355,6 +368,8 @@ class ObjectRun:
     prompt: dict[str, object]
     frames: list[int] = field(default_factory=list)
     scores: list[FrameScores] = field(default_factory=list)
+    mode: str = "memory"
+    lost: list[bool] = field(default_factory=list)
 
     @property
     def summary(self) -> ObjectScores:
@@ -370,6 +385,7 @@ class ObjectRun:
             "semantic": self.semantic,
             "prompt": self.prompt_type,
             "modality": self.modality,
+            "mode": self.mode,
             "first_frame": self.first_frame,
             "prompt_detail": self.prompt,
             "frames": list(self.frames),
@@ -387,6 +403,7 @@ class ObjectRun:
             "lidar_miou": r(s.lidar_miou),
             "image_frames": s.image_frames,
             "lidar_frames": s.lidar_frames,
+            "lost_frames": sum(self.lost),
         }
 
 
@@ -453,11 +470,12 @@ def evaluate_sequence(
     tracker_id = {oid: k + 1 for k, oid in enumerate(objects)}
     gt_id = {v: k for k, v in tracker_id.items()}
     plans: dict[tuple[str, str], dict[int, list[FirstFramePrompt]]] = {}
-    runs: dict[tuple[str, str], dict[int, ObjectRun]] = {}
+    runs: dict[tuple[str, str, str], dict[int, ObjectRun]] = {}
     for combo in config.combos:
         ptype, mod = combo
         by_frame: dict[int, list[FirstFramePrompt]] = {}
-        runs[combo] = {}
+        for mode in config.tracker_modes:
+            runs[(*combo, mode)] = {}
         for oid in objects:
             t0 = vis.first_appearance(oid, mod, config.min_pixels, config.min_points)
             if t0 is None:
@@ -466,17 +484,31 @@ def evaluate_sequence(
             if p is None:
                 continue
             by_frame.setdefault(t0, []).append(p)
-            runs[combo][oid] = ObjectRun(oid, sem.get(oid, "unknown"), ptype, mod, t0, p.describe())
+            for mode in config.tracker_modes:
+                runs[(*combo, mode)][oid] = ObjectRun(
+                    oid, sem.get(oid, "unknown"), ptype, mod, t0, p.describe(), mode=mode
+                )
         if by_frame:
             plans[combo] = by_frame
-    tcfg = TrackerConfig(max_objects=max(1, len(objects)), mask_threshold=config.mask_threshold)
-    trackers = {combo: StreamingTracker(model, tcfg) for combo in plans}
+    trackers = {
+        (*combo, mode): StreamingTracker(
+            model,
+            TrackerConfig(
+                max_objects=max(1, len(objects)),
+                mask_threshold=config.mask_threshold,
+                reprompt=mode == "reprompt",
+            ),
+        )
+        for combo in plans
+        for mode in config.tracker_modes
+    }
     n = len(sequence.frames)
     with _threads(threads), SharedFrameEncoding(model) as shared:
         for t, frame in enumerate(sequence.frames):
             shared.new_frame(object())
             gt = FrameGroundTruth(sequence, t, config.bound_th)
-            for combo, tracker in trackers.items():
+            for key, tracker in trackers.items():
+                combo = key[:2]
                 res = tracker.step(frame)
                 new = plans[combo].get(t)
                 if new:
@@ -489,12 +521,14 @@ def evaluate_sequence(
                     assert res is not None
                 for obj in res.objects:
                     oid = gt_id[obj.object_id]
-                    run = runs[combo][oid]
+                    run = runs[key][oid]
                     run.frames.append(t)
                     run.scores.append(gt.score(oid, obj))
+                    run.lost.append(obj.lost)
             if progress is not None:
                 progress(t + 1, n)
-    ordered = [runs[c][o] for c in config.combos for o in objects if o in runs[c]]
+    keys = [(*c, m) for m in config.tracker_modes for c in config.combos]
+    ordered = [runs[k][o] for k in keys for o in objects if o in runs[k]]
     return SequenceResult(
         name=sequence.name,
         num_frames=n,
@@ -516,6 +550,7 @@ __all__ = [
     "ObjectRun",
     "SequenceResult",
     "SharedFrameEncoding",
+    "TRACKER_MODES",
     "candidate_objects",
     "evaluate_sequence",
     "normalize_class",

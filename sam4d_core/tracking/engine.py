@@ -373,7 +373,8 @@ def prepare_prompt_job(
 # Running a frame.
 
 
-def _absent_output(features: FrameFeatures, device: torch.device) -> ObjectFrameOutput:
+def absent_output(features: FrameFeatures, device: torch.device) -> ObjectFrameOutput:
+    """The placeholder of an object not run on a frame (presence :data:`NO_OBJ_SCORE`)."""
     img, lid = features.image, features.lidar
     full = torch.tensor(NO_OBJ_SCORE, device=device)
     image_logits = image_scores = image_ious = None
@@ -476,7 +477,7 @@ def run_frame(
         bank = job.state.bank
         sel = bank.select(frame_idx, reverse=reverse, num_frames=num_frames)
         if sel.is_empty and not has_prompts:
-            results[i] = _absent_output(features, model.device)
+            results[i] = absent_output(features, model.device)
             continue
         run.append(i)
         memories.append(
@@ -515,7 +516,7 @@ class SensorLogits:
 def sensor_logits(features: FrameFeatures, outputs: Sequence[ObjectFrameOutput]) -> SensorLogits:
     """Upsamples each camera's stride-4 logits to the camera and devoxelizes the LiDAR logits of
     B objects' outputs on the frame ``features`` was encoded from (batched per camera)."""
-    img, lid = features.image, features.lidar
+    img = features.image
     device = features.pose.device
     cams: dict[int, torch.Tensor] = {}
     if img is not None and outputs:
@@ -526,18 +527,28 @@ def sensor_logits(features: FrameFeatures, outputs: Sequence[ObjectFrameOutput])
                     raise ValueError(f"an output lacks camera {cam} of its frame")
                 rows.append(o.image_logits[o.camera_ids.index(cam)].to(device))
             cams[cam] = upsample_mask_logits(torch.stack(rows), img.camera_sizes[ci])
-    points = None
-    if lid is not None and outputs:
-        vox_rows = [i for i, o in enumerate(outputs) if o.point_logits is None]
-        points = torch.empty(len(outputs), lid.num_points, device=device)
-        if vox_rows:
-            vox = torch.stack([outputs[i].voxel_logits.to(device) for i in vox_rows])  # type: ignore[union-attr]
-            dev = devoxelize(vox.t().float(), lid.devox_rows, lid.devox_weights).t()
-            points[torch.tensor(vox_rows, device=device)] = dev
-        for i, o in enumerate(outputs):
-            if o.point_logits is not None:
-                points[i] = o.point_logits.to(device)
-    return SensorLogits(cams, points)
+    return SensorLogits(cams, point_logits(features, outputs))
+
+
+def point_logits(
+    features: FrameFeatures, outputs: Sequence[ObjectFrameOutput]
+) -> torch.Tensor | None:
+    """(B, N) float32 per-point logits of B objects' outputs on a frame (kept per-point logits,
+    else the devoxelized voxel logits), or None without LiDAR."""
+    lid = features.lidar
+    if lid is None or not outputs:
+        return None
+    device = features.pose.device
+    points = torch.empty(len(outputs), lid.num_points, device=device)
+    vox_rows = [i for i, o in enumerate(outputs) if o.point_logits is None]
+    if vox_rows:
+        vox = torch.stack([outputs[i].voxel_logits.to(device) for i in vox_rows])  # type: ignore[union-attr]
+        dev = devoxelize(vox.t().float(), lid.devox_rows, lid.devox_weights).t()
+        points[torch.tensor(vox_rows, device=device)] = dev
+    for i, o in enumerate(outputs):
+        if o.point_logits is not None:
+            points[i] = o.point_logits.to(device)
+    return points
 
 
 __all__ = [
@@ -547,9 +558,11 @@ __all__ = [
     "ObjectJob",
     "ObjectState",
     "SensorLogits",
+    "absent_output",
     "drop_backbone_kernel_maps",
     "encode_sensor_frame",
     "merge_prompts",
+    "point_logits",
     "prepare_prompt_job",
     "run_frame",
     "sensor_logits",

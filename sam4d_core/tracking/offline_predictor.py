@@ -58,7 +58,7 @@ from sam4d_core.tracking.engine import (
     ObjectFrameOutput,
     ObjectJob,
     ObjectState,
-    _absent_output,
+    absent_output,
     encode_sensor_frame,
     merge_prompts,
     prepare_prompt_job,
@@ -551,7 +551,7 @@ class SAM4DPredictor:
         outs: list[ObjectFrameOutput] = []
         for st in state.objects.values():
             o = st.outputs.get(frame_idx)
-            outs.append(o if o is not None else _absent_output(features, self.device))
+            outs.append(o if o is not None else absent_output(features, self.device))
         masks: Masks = {}
         if not outs:
             return masks

@@ -79,6 +79,8 @@ class ObjectResult:
         mask (cameras of this frame only). lidar_presence / lidar_iou: the same for the LiDAR mask,
         None without LiDAR in the frame.
     prompted: the object received prompts on this frame (a conditioning frame).
+    lost: re-prompting found no support for the object's predicted segment on this frame: it was
+        not run and is reported absent (presence 0, empty masks).
     """
 
     object_id: int
@@ -92,6 +94,7 @@ class ObjectResult:
     lidar_presence: float | None = None
     lidar_iou: float | None = None
     prompted: bool = False
+    lost: bool = False
 
 
 @dataclass

@@ -65,9 +65,11 @@ from sam4d_core.tracking.engine import (
     ObjectFrameOutput,
     ObjectJob,
     ObjectState,
+    absent_output,
     drop_backbone_kernel_maps,
     encode_sensor_frame,
     merge_prompts,
+    point_logits,
     prepare_prompt_job,
     run_frame,
     sensor_logits,
@@ -78,6 +80,13 @@ from sam4d_core.tracking.records import (
     ObjectPrompt,
     ObjectResult,
     StepResult,
+)
+from sam4d_core.tracking.reprompt import (
+    CameraGeometry,
+    FrameSensors,
+    RepromptConfig,
+    Reprompter,
+    to_object_prompts,
 )
 
 logger = logging.getLogger(__name__)
@@ -114,6 +123,11 @@ class TrackerConfig:
         snap_clicks_to_model_grid: move clicks and box corners to the model-input pixel grid as
             the released predictor does (floor), so that results match it.
         device: move the model there (None: leave it where it is).
+        reprompt: motion-compensated re-prompting (:mod:`sam4d_core.tracking.reprompt`): on
+            every tracked frame, each object's predicted LiDAR segment gives the decoder 3D
+            clicks and camera boxes beside its memory, and an object whose prediction finds no
+            support is reported lost (absent, not run). False: memory only (the SAM4D protocol).
+        reprompt_config: settings of the motion model and the prompt derivation.
     """
 
     frame_buffer_s: float = 2.0
@@ -127,6 +141,8 @@ class TrackerConfig:
     max_object_pointers: int | None = None
     snap_clicks_to_model_grid: bool = True
     device: str | None = None
+    reprompt: bool = False
+    reprompt_config: RepromptConfig = field(default_factory=RepromptConfig)
 
     def __post_init__(self) -> None:
         if self.frame_buffer_s < 0 or self.stamp_tolerance_s < 0 or self.max_prompt_lead_s < 0:
@@ -152,6 +168,8 @@ class BufferedFrame:
         features: the model's encoding (enough to re-run any object on it).
         camera_sizes: present camera name -> (H, W).
         num_points: points of the sweep (0: no LiDAR).
+        world_from_lidar: (4, 4) ego pose (re-prompting).
+        cameras: the present cameras' calibration (re-prompting).
     """
 
     index: int
@@ -159,6 +177,15 @@ class BufferedFrame:
     features: FrameFeatures
     camera_sizes: dict[str, tuple[int, int]]
     num_points: int
+    world_from_lidar: np.ndarray = field(default_factory=lambda: np.eye(4))
+    cameras: list[CameraGeometry] = field(default_factory=list)
+
+    def sensors(self) -> FrameSensors:
+        """What the re-prompting needs of this frame (the points stay where the model has them
+        and come to the CPU here)."""
+        lid = self.features.lidar
+        pts = None if lid is None else lid.points_xyz.detach().float().cpu().numpy()
+        return FrameSensors(self.index, self.timestamp, self.world_from_lidar, pts, self.cameras)
 
     @property
     def camera_ids(self) -> tuple[int, ...]:
@@ -219,6 +246,7 @@ class StreamingTracker:
         self._pending: list[_Pending] = []
         self._next_index = 0
         self._order = 0
+        self._reprompter = Reprompter(cfg.reprompt_config) if cfg.reprompt else None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -285,6 +313,16 @@ class StreamingTracker:
                 features=features,
                 camera_sizes={n: tuple(c.image.shape[:2]) for n, c in frame.cameras.items()},  # type: ignore[misc]
                 num_points=npts,
+                world_from_lidar=np.asarray(frame.world_from_lidar, np.float64),
+                cameras=[
+                    CameraGeometry(
+                        self._camera_slots[n],
+                        np.asarray(c.intrinsics, np.float64),
+                        np.asarray(c.cam_from_lidar, np.float64),
+                        tuple(c.image.shape[:2]),  # type: ignore[arg-type]
+                    )
+                    for n, c in frame.cameras.items()
+                ],
             )
             self._next_index += 1
             self._buffer.append(bf)
@@ -297,6 +335,9 @@ class StreamingTracker:
                     self._objects[req.object_id] = ObjectState.new(req.object_id, self.bank_config)
                 elif req.clear_previous:
                     self._objects[req.object_id].clear()
+                    self._forget_motion(req.object_id)
+            sensors = bf.sensors() if self._reprompter is not None else None
+            lost: set[int] = set()
             for oid, st in self._objects.items():
                 req = requests.get(oid)
                 if req is not None and bf.index in req.frames:
@@ -304,10 +345,15 @@ class StreamingTracker:
                         prepare_prompt_job(st, bf.index, req.frames[bf.index], bf.camera_ids)
                     )
                 else:
-                    jobs.append(ObjectJob(st))
+                    job = self._tracking_job(st, sensors)
+                    if job is None:
+                        lost.add(oid)
+                    else:
+                        jobs.append(job)
             outs = run_frame(self.model, features, bf.index, jobs, timings=timings) if jobs else []
-            states = [j.state for j in jobs]
-            objects = self._results(bf, states, outs, timings)
+            self._observe(bf, sensors, jobs, outs, lost)
+            states, outs = self._with_lost(bf, jobs, outs, lost)
+            objects = self._results(bf, states, outs, timings, lost)
             self._latest = {r.object_id: r for r in objects}
             timings["total"] = (stage_clock() - t0) * 1e3
             return StepResult(ts, bf.index, objects, timings)
@@ -378,6 +424,7 @@ class StreamingTracker:
             for i in removed:
                 del self._objects[i]
                 self._latest.pop(i, None)
+                self._forget_motion(i)
             self._pending = [p for p in self._pending if p.prompt.object_id not in ids]
             return removed
 
@@ -390,6 +437,8 @@ class StreamingTracker:
             self._pending.clear()
             self._camera_slots.clear()
             self._next_index = 0
+            if self._reprompter is not None:
+                self._reprompter.clear()
 
     # ------------------------------------------------------------------ internals
     def _prune(self) -> None:
@@ -403,6 +452,8 @@ class StreamingTracker:
         oldest = self._buffer[0].index
         for st in self._objects.values():
             st.prune_before(oldest)
+        if self._reprompter is not None:
+            self._reprompter.prune_before(oldest)
 
     def _match(self, p: ObjectPrompt) -> BufferedFrame | None:
         """The buffered frame of a prompt's stamp; None for a future one (pending)."""
@@ -529,21 +580,29 @@ class StreamingTracker:
                 self._objects[oid] = ObjectState.new(oid, self.bank_config)
             elif req.clear_previous:
                 self._objects[oid].clear()
+                self._forget_motion(oid)
         start = {oid: min(req.frames) for oid, req in requests.items()}
         first = min(start.values())
         newest = self._buffer[-1]
         final: dict[int, ObjectFrameOutput] = {}
+        final_lost: set[int] = set()
         for bf in self._buffer:
             if bf.index < first:
                 continue
+            sensors = bf.sensors() if self._reprompter is not None else None
             jobs: list[ObjectJob] = []
+            kept_jobs: list[ObjectJob] = []
+            kept_outs: list[ObjectFrameOutput] = []
+            lost: set[int] = set()
             for oid, s in start.items():
                 if bf.index < s:
                     continue
                 st = self._objects[oid]
                 if bf.index == s:
-                    # Back to the object's memory as it was when this frame was live.
+                    # Back to the object's memory (and motion) as it was when this frame was live.
                     st.bank.discard_after(s - 1)
+                    if self._reprompter is not None:
+                        self._reprompter.discard_after(oid, s - 1)
                 new = requests[oid].frames.get(bf.index)
                 kept = st.outputs.get(bf.index)
                 if new is not None:
@@ -551,20 +610,88 @@ class StreamingTracker:
                 elif bf.index in st.inputs and kept is not None and kept.memory is not None:
                     # A conditioning frame of an earlier request: its output stands.
                     st.bank.add(bf.index, kept.memory, is_cond=True)
+                    kept_jobs.append(ObjectJob(st))
+                    kept_outs.append(kept)
                     if bf is newest:
                         final[oid] = kept
                 else:
-                    jobs.append(ObjectJob(st))
-            if jobs:
-                outs = run_frame(self.model, bf.features, bf.index, jobs, timings=timings)
-                if bf is newest:
-                    final.update({j.state.obj_id: o for j, o in zip(jobs, outs, strict=True)})
+                    job = self._tracking_job(st, sensors)
+                    if job is None:
+                        lost.add(oid)
+                    else:
+                        jobs.append(job)
+            outs = (
+                run_frame(self.model, bf.features, bf.index, jobs, timings=timings) if jobs else []
+            )
+            self._observe(bf, sensors, jobs + kept_jobs, list(outs) + kept_outs, lost)
+            if bf is newest:
+                states, with_lost = self._with_lost(bf, jobs, outs, lost)
+                final.update({st.obj_id: o for st, o in zip(states, with_lost, strict=True)})
+                final_lost = lost
         oids = list(final)
         results = self._results(
-            newest, [self._objects[o] for o in oids], list(final.values()), timings
+            newest, [self._objects[o] for o in oids], list(final.values()), timings, final_lost
         )
         self._latest.update({r.object_id: r for r in results})
         return first
+
+    # ------------------------------------------------------------------ re-prompting
+    def _tracking_job(self, st: ObjectState, sensors: FrameSensors | None) -> ObjectJob | None:
+        """A tracked (not user-prompted) object's job: memory only, or with the prompts of its
+        predicted segment beside the memory (re-prompting); None when it is lost."""
+        if self._reprompter is None or sensors is None:
+            return ObjectJob(st)
+        rp = self._reprompter.plan(st.obj_id, sensors)
+        if rp is None:
+            return ObjectJob(st)
+        if rp.lost:
+            return None
+        # Neither an initial nor a conditioning frame: the memory stays what it was, the
+        # derived prompts only steer this frame's decoding.
+        return ObjectJob(st, None if rp.is_empty else to_object_prompts(rp))
+
+    def _observe(
+        self,
+        bf: BufferedFrame,
+        sensors: FrameSensors | None,
+        jobs: Sequence[ObjectJob],
+        outs: Sequence[ObjectFrameOutput],
+        lost: set[int],
+    ) -> None:
+        """Updates the objects' motion with their outputs on ``bf`` (lost ones coast)."""
+        rep = self._reprompter
+        if rep is None or sensors is None:
+            return
+        for oid in lost:
+            rep.miss(oid, bf.index)
+        if not jobs:
+            return
+        pl = point_logits(bf.features, outs)
+        masks = None if pl is None else (pl > self.config.mask_logit_threshold).cpu().numpy()
+        for i, (job, o) in enumerate(zip(jobs, outs, strict=True)):
+            presence = 0.0 if o.absent else float(torch.sigmoid(o.object_score.float()))
+            rep.observe(job.state.obj_id, sensors, None if masks is None else masks[i], presence)
+
+    def _with_lost(
+        self,
+        bf: BufferedFrame,
+        jobs: Sequence[ObjectJob],
+        outs: Sequence[ObjectFrameOutput],
+        lost: set[int],
+    ) -> tuple[list[ObjectState], list[ObjectFrameOutput]]:
+        """The run objects and the lost ones (absent placeholders), in object order."""
+        if not lost:
+            return [j.state for j in jobs], list(outs)
+        by_id = {j.state.obj_id: (j.state, o) for j, o in zip(jobs, outs, strict=True)}
+        absent = absent_output(bf.features, self.model.device)
+        for oid in lost:
+            by_id[oid] = (self._objects[oid], absent)
+        order = [o for o in self._objects if o in by_id]
+        return [by_id[o][0] for o in order], [by_id[o][1] for o in order]
+
+    def _forget_motion(self, oid: int) -> None:
+        if self._reprompter is not None:
+            self._reprompter.forget(oid)
 
     def _results(
         self,
@@ -572,6 +699,7 @@ class StreamingTracker:
         states: Sequence[ObjectState],
         outs: Sequence[ObjectFrameOutput],
         timings: dict[str, float],
+        lost: set[int] | None = None,
     ) -> list[ObjectResult]:
         """Per-object records at the sensors' resolution (numpy, on the CPU)."""
         t0 = stage_clock()
@@ -616,6 +744,7 @@ class StreamingTracker:
                     if o.lidar_iou is None
                     else float(o.lidar_iou.float().clamp(0, 1)),
                     prompted=o.is_cond,
+                    lost=lost is not None and st.obj_id in lost,
                 )
             )
         timings["postprocess"] = timings.get("postprocess", 0.0) + (stage_clock() - t0) * 1e3

@@ -119,7 +119,8 @@ def read_outputs(bag: Path, info: BagInfo) -> Outputs:
 @dataclass
 class FrameScore:
     """One sweep of one prompted object. status: evaluated, no_output (the node dropped or
-    failed the sweep), before_prompt (outputs published before the prompt took effect)."""
+    failed the sweep), before_prompt (outputs published before the prompt took effect).
+    lost: the node reported the object lost (re-prompting found no support for it)."""
 
     frame: int
     stamp_ns: int
@@ -128,6 +129,7 @@ class FrameScore:
     presence_score: float | None = None
     image_iou: float | None = None
     lidar_iou: float | None = None
+    lost: bool = False
 
 
 @dataclass
@@ -171,6 +173,7 @@ def score_object(
             rows.append(FrameScore(i, s, "before_prompt"))
             continue
         row = FrameScore(i, s, "evaluated", presence_score=float(obj.presence_score))
+        row.lost = bool(getattr(obj, "lost", False))
         row.visible = int(obj.num_points) > 0 or any(
             bool(np.any(lab == oid)) for lab in fo.labels.values()
         )
@@ -332,6 +335,7 @@ def build_report(
                 "frames_after_prompt": len(s.frames),
                 "frames_evaluated": len(s.evaluated),
                 "frames_tracked": sum(1 for f in s.evaluated if f.visible),
+                "lost_frames": [f.frame for f in s.evaluated if f.lost],
                 "frames_no_output": [f.frame for f in s.frames if f.status == "no_output"],
                 "frames_before_prompt": [f.frame for f in s.frames if f.status == "before_prompt"],
                 "mean_image_iou": s.mean("image_iou"),
@@ -467,6 +471,11 @@ def report_markdown(rep: dict[str, Any]) -> str:
             f"{e['frames_tracked']}; mean image IoU **{fmt_value(e['mean_image_iou'])}**, "
             f"mean LiDAR IoU **{fmt_value(e['mean_lidar_iou'])}**.",
         ]
+        if e.get("lost_frames"):
+            lines.append(
+                f"Frames where the node reported the object lost (no support for its predicted "
+                f"segment; absent, not tracked): {e['lost_frames']}."
+            )
         if e["frames_no_output"]:
             lines.append(f"Frames without output (dropped or failed): {e['frames_no_output']}.")
         if e["frames_before_prompt"]:
@@ -482,8 +491,9 @@ def report_markdown(rep: dict[str, Any]) -> str:
             "|--:|---|--:|--:|--:|",
         ]
         for f in e["per_frame"]:
+            status = "lost" if f.get("lost") else f["status"]
             lines.append(
-                f"| {f['frame']} | {f['status']} | {fmt_value(f['presence_score'])} | "
+                f"| {f['frame']} | {status} | {fmt_value(f['presence_score'])} | "
                 f"{fmt_value(f['image_iou'])} | {fmt_value(f['lidar_iou'])} |"
             )
     lat = rep["latency_ms"]

@@ -1,0 +1,521 @@
+"""Motion-compensated re-prompting: each object's LiDAR segment kept in the fixed frame with a
+motion estimate, predicted into the next sweep and turned into prompts for the decoder.
+
+Per object (:class:`ObjectMotion`) the tracker keeps, after every frame the object was decoded
+on, its LiDAR segment in the world frame (the points of its mask, moved by the frame's ego pose
+``world <- lidar``) and a constant-velocity Kalman filter of the segment's centroid
+(:class:`CentroidFilter`, one 2x2 covariance shared by the three axes, as 3D multi-object
+trackers such as AB3DMOT use). On the next frame (:meth:`ObjectMotion.predict`) the latest
+segment is moved by ``velocity * dt`` (a static object stays exactly where it was in the world;
+only the ego motion moves it in the LiDAR frame) and brought into the current LiDAR frame.
+:func:`derive_prompts` then looks for support and derives the prompts:
+
+- LiDAR support: current sweep points within ``support_radius`` of the predicted segment. The
+  prediction is supported when at least ``min_support_points`` such points exist *and* at least
+  ``min_coverage`` of the predicted segment's points have a current point that close (coverage:
+  an object that left leaves the ground it stood on within reach of its lowest points, but not
+  its body).
+- 3D clicks: up to ``num_points`` positive clicks on the support, the first the support point
+  nearest the predicted centroid, the others spread by farthest-point sampling over the support
+  points of the predicted segment's core (within half the radius).
+- Camera boxes: in each camera where at least ``min_visible_points`` of the predicted segment's
+  points project in front of the camera and inside the image, the box of those projections
+  (camera pixels), clipped to the image.
+- Lost: with a LiDAR sweep, no LiDAR support; without one, no camera sees the prediction. A lost
+  object gets no prompts; the tracker reports it lost (absent, presence 0) and keeps predicting
+  (coasting at most ``max_coast_s`` on its velocity, then standing still) so that it is picked
+  up again when support returns.
+
+Everything here is numpy on the CPU (segments are at most ``max_segment_points`` points) and
+knows nothing of the model: the tracker converts :class:`Reprompt` into the decoder's prompts.
+Per-frame snapshots (keyed by the tracker's frame index) let a replay after a prompt on a
+buffered past frame roll the motion back exactly as it rolls back the memory bank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sam4d_core.modeling.sam4d_base import CameraPrompt, LidarPrompt, ObjectPrompts
+
+
+@dataclass
+class RepromptConfig:
+    """Settings of the motion model and of the prompt derivation.
+
+    Attributes:
+        num_points: most positive 3D clicks per object and frame (>= 1).
+        support_radius: a current point within this distance (m) of the predicted segment
+            supports it.
+        min_support_points: fewest supporting points for LiDAR support.
+        min_coverage: fewest fraction of the predicted segment's points with a current point
+            within ``support_radius`` for LiDAR support.
+        camera_boxes: give the projected box in each camera where the prediction is visible.
+        min_visible_points: fewest projected predicted points inside a camera image for a box.
+        max_segment_points: a kept segment is subsampled (evenly, deterministically) to this.
+        min_observed_points: fewest mask points for an output to update the motion.
+        min_presence: lowest presence probability for an output to update the motion.
+        meas_std: centroid measurement noise (m): masks vary from sweep to sweep.
+        accel_std: process noise, white acceleration (m/s^2).
+        init_speed_std: prior spread of an object's speed before its second observation (m/s).
+        max_speed: velocity estimates are clamped to this (m/s).
+        max_coast_s: a prediction moves on its velocity for at most this long after the last
+            observation (s), then stands still.
+    """
+
+    num_points: int = 3
+    support_radius: float = 0.4
+    min_support_points: int = 3
+    min_coverage: float = 0.3
+    camera_boxes: bool = True
+    min_visible_points: int = 3
+    max_segment_points: int = 512
+    min_observed_points: int = 3
+    min_presence: float = 0.5
+    meas_std: float = 0.3
+    accel_std: float = 3.0
+    init_speed_std: float = 8.0
+    max_speed: float = 40.0
+    max_coast_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_points < 1 or self.min_support_points < 1 or self.min_visible_points < 1:
+            raise ValueError("num_points, min_support_points and min_visible_points must be >= 1")
+        if self.support_radius <= 0 or not 0.0 <= self.min_coverage <= 1.0:
+            raise ValueError("support_radius must be > 0 and min_coverage in [0, 1]")
+        if self.max_segment_points < 1 or self.min_observed_points < 1:
+            raise ValueError("max_segment_points and min_observed_points must be >= 1")
+        if min(self.meas_std, self.accel_std, self.init_speed_std, self.max_speed) <= 0:
+            raise ValueError("meas_std, accel_std, init_speed_std and max_speed must be > 0")
+        if self.max_coast_s < 0:
+            raise ValueError("max_coast_s must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry.
+
+
+def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 3) points mapped by a (4, 4) rigid transform."""
+    T = np.asarray(T, np.float64)
+    return np.asarray(points, np.float64) @ T[:3, :3].T + T[:3, 3]
+
+
+def rigid_inverse(T: np.ndarray) -> np.ndarray:
+    """Inverse of a (4, 4) rigid transform."""
+    T = np.asarray(T, np.float64)
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
+
+
+@dataclass
+class CameraGeometry:
+    """One camera of a frame, as the prompts need it.
+
+    Attributes:
+        slot: the tracker's camera slot (the key of the decoder's camera prompts).
+        intrinsics: (3, 3) pinhole K of the image as received.
+        cam_from_lidar: (4, 4) camera (optical: z forward) <- LiDAR.
+        size: (H, W) of the image.
+    """
+
+    slot: int
+    intrinsics: np.ndarray
+    cam_from_lidar: np.ndarray
+    size: tuple[int, int]
+
+
+def project_box(
+    points_lidar: np.ndarray, camera: CameraGeometry, min_points: int, min_depth: float = 0.1
+) -> np.ndarray | None:
+    """(4,) ``[u_min, v_min, u_max, v_max]`` camera pixels of the points (M, 3) (LiDAR frame)
+    that project in front of the camera and inside its image, or None when fewer than
+    ``min_points`` do."""
+    if len(points_lidar) == 0:
+        return None
+    pc = transform_points(camera.cam_from_lidar, points_lidar)
+    front = pc[:, 2] > min_depth
+    if int(front.sum()) < min_points:
+        return None
+    uvw = pc[front] @ np.asarray(camera.intrinsics, np.float64).T
+    uv = uvw[:, :2] / uvw[:, 2:3]
+    h, w = camera.size
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    if int(inside.sum()) < min_points:
+        return None
+    uv = uv[inside]
+    lo, hi = uv.min(axis=0), uv.max(axis=0)
+    box = np.array([lo[0], lo[1], hi[0], hi[1]], np.float64)
+    return np.clip(box, 0.0, [w - 1, h - 1, w - 1, h - 1])
+
+
+def _near(
+    points: np.ndarray, segment: np.ndarray, radius: float, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which current points are within ``radius`` of the segment and how far.
+
+    Returns:
+        indices (K,) of the points within ``radius`` of some segment point, their distances (K,)
+        to the nearest segment point, and (M,) bool: segment points with a current point within
+        ``radius``.
+    """
+    m = len(segment)
+    covered = np.zeros(m, bool)
+    if m == 0 or len(points) == 0:
+        return np.zeros(0, np.int64), np.zeros(0), covered
+    # Only the points inside the segment's box grown by the radius can be near it.
+    lo, hi = segment.min(axis=0) - radius, segment.max(axis=0) + radius
+    cand = np.flatnonzero(np.all((points >= lo) & (points <= hi), axis=1))
+    idx_parts, dist_parts = [], []
+    r2 = radius * radius
+    for s in range(0, len(cand), chunk):
+        c = cand[s : s + chunk]
+        d2 = ((points[c, None, :] - segment[None, :, :]) ** 2).sum(-1)  # (k, M)
+        close = d2 <= r2
+        covered |= close.any(axis=0)
+        best = d2.min(axis=1)
+        keep = best <= r2
+        idx_parts.append(c[keep])
+        dist_parts.append(np.sqrt(best[keep]))
+    if not idx_parts:
+        return np.zeros(0, np.int64), np.zeros(0), covered
+    return np.concatenate(idx_parts), np.concatenate(dist_parts), covered
+
+
+def _farthest_points(points: np.ndarray, first: int, k: int) -> list[int]:
+    """Indices of ``k`` points by farthest-point sampling starting at ``first``."""
+    chosen = [first]
+    d = np.linalg.norm(points - points[first], axis=1)
+    while len(chosen) < min(k, len(points)):
+        nxt = int(np.argmax(d))
+        if d[nxt] <= 0:
+            break
+        chosen.append(nxt)
+        d = np.minimum(d, np.linalg.norm(points - points[nxt], axis=1))
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts.
+
+
+@dataclass
+class Reprompt:
+    """The prompts derived from one object's prediction on one frame.
+
+    Attributes:
+        predicted: (M, 3) the predicted segment in the current LiDAR frame (m).
+        lidar_points: (P, 3) positive 3D clicks (current sweep points, LiDAR frame), P may be 0.
+        camera_boxes: camera slot -> (4,) ``[u_min, v_min, u_max, v_max]`` camera pixels.
+        support: current points within the support radius of the prediction.
+        coverage: fraction of the predicted points with a current point that close.
+        has_lidar: the frame has a LiDAR sweep (support was looked for).
+        lost: no support (module docstring): nothing to prompt with.
+    """
+
+    predicted: np.ndarray
+    lidar_points: np.ndarray
+    camera_boxes: dict[int, np.ndarray]
+    support: int
+    coverage: float
+    has_lidar: bool
+    lost: bool
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self.lidar_points) == 0 and not self.camera_boxes
+
+
+def derive_prompts(
+    predicted: np.ndarray,
+    points: np.ndarray | None,
+    cameras: list[CameraGeometry],
+    config: RepromptConfig,
+) -> Reprompt:
+    """Prompts from a predicted segment on the current frame (module docstring).
+
+    Args:
+        predicted: (M, 3) predicted segment, current LiDAR frame (m).
+        points: (N, 3) current sweep (LiDAR frame), or None / empty without LiDAR.
+        cameras: the frame's present cameras.
+        config: settings.
+    """
+    predicted = np.asarray(predicted, np.float64).reshape(-1, 3)
+    has_lidar = points is not None and len(points) > 0
+    clicks = np.zeros((0, 3))
+    support, coverage = 0, 0.0
+    supported = False
+    if has_lidar:
+        pts = np.asarray(points, np.float64)[:, :3]
+        r = config.support_radius
+        idx, dist, covered = _near(pts, predicted, r)
+        support = len(idx)
+        coverage = float(covered.mean()) if len(covered) else 0.0
+        supported = support >= config.min_support_points and coverage >= config.min_coverage
+        if supported:
+            sup = pts[idx]
+            centre = predicted.mean(axis=0)
+            first = int(np.argmin(np.linalg.norm(sup - centre, axis=1)))
+            core = np.flatnonzero(dist <= 0.5 * r)
+            if first not in set(core.tolist()):
+                core = np.concatenate([[first], core])
+            pos = int(np.flatnonzero(core == first)[0])
+            chosen = _farthest_points(sup[core], pos, config.num_points)
+            clicks = sup[core[chosen]]
+    boxes: dict[int, np.ndarray] = {}
+    if config.camera_boxes and (supported or not has_lidar):
+        for cam in cameras:
+            b = project_box(predicted, cam, config.min_visible_points)
+            if b is not None:
+                boxes[cam.slot] = b
+    lost = not supported if has_lidar else not boxes
+    return Reprompt(predicted, clicks, boxes, support, coverage, has_lidar, lost)
+
+
+def to_object_prompts(rp: Reprompt) -> ObjectPrompts:
+    """The decoder's prompts of a :class:`Reprompt`: positive 3D clicks and camera boxes (given
+    beside the object's memory; cross-modal prompting shows them to both decoders)."""
+    cameras = {slot: CameraPrompt(box=b) for slot, b in rp.camera_boxes.items()}
+    lidar = None
+    if len(rp.lidar_points):
+        lidar = LidarPrompt(points=rp.lidar_points, labels=np.ones(len(rp.lidar_points), np.int64))
+    return ObjectPrompts(cameras=cameras, lidar=lidar)
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion.
+
+
+@dataclass
+class CentroidFilter:
+    """Constant-velocity Kalman filter of a 3D centroid (world frame); the three axes share one
+    (2, 2) covariance of (position, velocity) since they share the noise model and the times.
+
+    Attributes:
+        position: (3,) filtered centroid (m). velocity: (3,) m/s.
+        cov: (2, 2) covariance of (position, velocity) per axis.
+        timestamp: time of the last measurement (s).
+    """
+
+    position: np.ndarray
+    velocity: np.ndarray
+    cov: np.ndarray
+    timestamp: float
+
+    @classmethod
+    def start(cls, z: np.ndarray, t: float, config: RepromptConfig) -> CentroidFilter:
+        cov = np.diag([config.meas_std**2, config.init_speed_std**2])
+        return cls(np.asarray(z, np.float64).copy(), np.zeros(3), cov, float(t))
+
+    def update(self, z: np.ndarray, t: float, config: RepromptConfig) -> CentroidFilter:
+        """The filter after a measurement ``z`` (3,) at time ``t`` (a new object)."""
+        dt = float(t) - self.timestamp
+        if dt <= 0:
+            return dataclasses.replace(self, position=np.asarray(z, np.float64).copy())
+        F = np.array([[1.0, dt], [0.0, 1.0]])
+        qa = config.accel_std**2
+        Q = qa * np.array([[dt**4 / 4, dt**3 / 2], [dt**3 / 2, dt**2]])
+        P = F @ self.cov @ F.T + Q
+        p_pred = self.position + self.velocity * dt
+        s = P[0, 0] + config.meas_std**2
+        gain = P[:, 0] / s  # (2,): position and velocity gains
+        resid = np.asarray(z, np.float64) - p_pred
+        pos = p_pred + gain[0] * resid
+        vel = self.velocity + gain[1] * resid
+        speed = float(np.linalg.norm(vel))
+        if speed > config.max_speed:
+            vel = vel * (config.max_speed / speed)
+        cov = P - np.outer(gain, P[0, :])
+        return CentroidFilter(pos, vel, 0.5 * (cov + cov.T), float(t))
+
+
+@dataclass
+class MotionState:
+    """One object's motion after one frame.
+
+    Attributes:
+        segment: (M, 3) its last observed LiDAR segment, world frame (m).
+        filter: the centroid filter (its timestamp: when ``segment`` was observed).
+        misses: frames since that observation.
+    """
+
+    segment: np.ndarray
+    filter: CentroidFilter
+    misses: int = 0
+
+
+def _subsample(points: np.ndarray, k: int) -> np.ndarray:
+    if len(points) <= k:
+        return points
+    return points[np.linspace(0, len(points) - 1, k).round().astype(np.int64)]
+
+
+@dataclass
+class ObjectMotion:
+    """One object's motion history: frame index -> :class:`MotionState` after that frame."""
+
+    config: RepromptConfig
+    history: dict[int, MotionState] = field(default_factory=dict)
+
+    def latest(self, before: int | None = None) -> MotionState | None:
+        """The state after the newest frame (before frame ``before`` when given)."""
+        keys = [k for k in self.history if before is None or k < before]
+        return self.history[max(keys)] if keys else None
+
+    def predict(self, frame_index: int, timestamp: float, world_from_lidar: np.ndarray):
+        """(M, 3) predicted segment in the LiDAR frame of a frame, or None (never observed)."""
+        st = self.latest(before=frame_index)
+        if st is None:
+            return None
+        dt = min(max(float(timestamp) - st.filter.timestamp, 0.0), self.config.max_coast_s)
+        world = st.segment + st.filter.velocity * dt
+        return transform_points(rigid_inverse(world_from_lidar), world)
+
+    def observe(
+        self,
+        frame_index: int,
+        timestamp: float,
+        world_from_lidar: np.ndarray,
+        segment_lidar: np.ndarray,
+    ) -> None:
+        """Records the object's segment (M, 3) (LiDAR frame) observed on a frame."""
+        seg = transform_points(world_from_lidar, _subsample(np.asarray(segment_lidar), 4 * 4096))
+        z = seg.mean(axis=0)
+        seg = _subsample(seg, self.config.max_segment_points)
+        prev = self.latest(before=frame_index)
+        if prev is None:
+            flt = CentroidFilter.start(z, timestamp, self.config)
+        else:
+            flt = prev.filter.update(z, timestamp, self.config)
+        self.history[frame_index] = MotionState(seg, flt)
+
+    def miss(self, frame_index: int) -> None:
+        """Records a frame without an observation (the prediction coasts)."""
+        prev = self.latest(before=frame_index)
+        if prev is None:
+            self.history.pop(frame_index, None)
+            return
+        self.history[frame_index] = dataclasses.replace(prev, misses=prev.misses + 1)
+
+    def discard_after(self, frame_index: int) -> None:
+        """Back to the state after ``frame_index`` (a replay re-runs the later frames)."""
+        for k in [k for k in self.history if k > frame_index]:
+            del self.history[k]
+
+    def prune_before(self, frame_index: int) -> None:
+        """Drops states older than needed for frames >= ``frame_index``."""
+        keep = self.latest(before=frame_index)
+        for k in [k for k in self.history if k < frame_index]:
+            if keep is None or self.history[k] is not keep:
+                del self.history[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# The tracker's side.
+
+
+@dataclass
+class FrameSensors:
+    """What prediction and prompt derivation need of one frame.
+
+    Attributes:
+        index: the tracker's frame index. timestamp: sweep time (s).
+        world_from_lidar: (4, 4) ego pose.
+        points: (N, 3) the sweep (LiDAR frame), or None without LiDAR.
+        cameras: the present cameras.
+    """
+
+    index: int
+    timestamp: float
+    world_from_lidar: np.ndarray
+    points: np.ndarray | None
+    cameras: list[CameraGeometry]
+
+
+class Reprompter:
+    """Every object's :class:`ObjectMotion`, for the streaming tracker.
+
+    Args:
+        config: settings.
+    """
+
+    def __init__(self, config: RepromptConfig | None = None) -> None:
+        self.config = config or RepromptConfig()
+        self.motions: dict[int, ObjectMotion] = {}
+
+    def plan(self, object_id: int, sensors: FrameSensors) -> Reprompt | None:
+        """The object's prompts on a frame from its prediction, or None when it has none yet."""
+        motion = self.motions.get(object_id)
+        if motion is None:
+            return None
+        predicted = motion.predict(sensors.index, sensors.timestamp, sensors.world_from_lidar)
+        if predicted is None:
+            return None
+        return derive_prompts(predicted, sensors.points, sensors.cameras, self.config)
+
+    def observe(
+        self,
+        object_id: int,
+        sensors: FrameSensors,
+        point_mask: np.ndarray | None,
+        presence: float,
+    ) -> bool:
+        """Updates the object's motion with its output on a frame: its mask points (N,) bool
+        when present enough and large enough, else a miss. Returns whether it was observed."""
+        motion = self.motions.setdefault(object_id, ObjectMotion(self.config))
+        pts = sensors.points
+        if (
+            pts is not None
+            and point_mask is not None
+            and len(point_mask) == len(pts)
+            and presence >= self.config.min_presence
+            and int(np.count_nonzero(point_mask)) >= self.config.min_observed_points
+        ):
+            motion.observe(
+                sensors.index, sensors.timestamp, sensors.world_from_lidar, pts[point_mask]
+            )
+            return True
+        motion.miss(sensors.index)
+        return False
+
+    def miss(self, object_id: int, frame_index: int) -> None:
+        motion = self.motions.get(object_id)
+        if motion is not None:
+            motion.miss(frame_index)
+
+    def discard_after(self, object_id: int, frame_index: int) -> None:
+        motion = self.motions.get(object_id)
+        if motion is not None:
+            motion.discard_after(frame_index)
+
+    def forget(self, object_id: int) -> None:
+        self.motions.pop(object_id, None)
+
+    def clear(self) -> None:
+        self.motions.clear()
+
+    def prune_before(self, frame_index: int) -> None:
+        for m in self.motions.values():
+            m.prune_before(frame_index)
+
+
+__all__ = [
+    "CameraGeometry",
+    "CentroidFilter",
+    "FrameSensors",
+    "MotionState",
+    "ObjectMotion",
+    "Reprompt",
+    "RepromptConfig",
+    "Reprompter",
+    "derive_prompts",
+    "project_box",
+    "rigid_inverse",
+    "to_object_prompts",
+    "transform_points",
+]

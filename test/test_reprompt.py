@@ -1,0 +1,269 @@
+"""Motion-compensated re-prompting: the motion model (static under ego motion, constant
+velocity), prompt derivation (support, clicks, camera boxes, leaving the field of view), lost
+objects in the streaming tracker, and a replay after a past-frame prompt equal to live."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from sam4d_core.build_sam import build_sam4d
+from sam4d_core.data.sequence import Frame, Sequence
+from sam4d_core.data.synthetic import generate_sequence, make_config
+from sam4d_core.modeling.sam4d_base import SAM4D
+from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
+from sam4d_core.tracking.reprompt import (
+    CameraGeometry,
+    FrameSensors,
+    ObjectMotion,
+    RepromptConfig,
+    Reprompter,
+    derive_prompts,
+    project_box,
+    rigid_inverse,
+    to_object_prompts,
+    transform_points,
+)
+from sam4d_core.tracking.streaming_tracker import StreamingTracker, TrackerConfig
+
+torch.set_num_threads(1)
+
+VOXEL = 0.2  # sam4d_small's LiDAR voxel (m): the tolerance the issue asks for
+DT = 0.1  # 10 Hz sweeps
+
+
+def _pose(x: float, y: float, yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    T = np.eye(4)
+    T[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    T[:3, 3] = [x, y, 1.8]
+    return T
+
+
+def _ego(k: int) -> np.ndarray:
+    """The ego drives at 10 m/s on a gentle left curve: LiDAR -> world at sweep k."""
+    return _pose(10.0 * DT * k, 0.02 * k * k, 0.03 * k)
+
+
+def _car(rng: np.random.Generator, centre: np.ndarray, n: int = 300) -> np.ndarray:
+    """(n, 3) points on the surface of a 4.5 x 1.8 x 1.5 m box centred at ``centre``."""
+    u = rng.uniform(-0.5, 0.5, size=(n, 3))
+    face = rng.integers(0, 3, n)
+    u[np.arange(n), face] = rng.choice([-0.5, 0.5], n)
+    return u * [4.5, 1.8, 1.5] + centre
+
+
+def _ground(rng: np.random.Generator, n: int = 4000) -> np.ndarray:
+    """Ground points (world, z = 0) around the drive."""
+    return np.c_[rng.uniform(-20, 60, n), rng.uniform(-20, 20, n), np.zeros(n)]
+
+
+def _track(world_segments: list[np.ndarray], config: RepromptConfig) -> ObjectMotion:
+    """An ObjectMotion fed with the segment of each sweep k (seen in LiDAR frame k)."""
+    motion = ObjectMotion(config)
+    for k, seg in enumerate(world_segments):
+        pose = _ego(k)
+        motion.observe(k, k * DT, pose, transform_points(rigid_inverse(pose), seg))
+    return motion
+
+
+def _max_error(pred: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.linalg.norm(pred - truth, axis=1).max())
+
+
+def test_static_object_under_ego_motion_is_predicted_within_a_voxel() -> None:
+    rng = np.random.default_rng(0)
+    car = _car(rng, np.array([25.0, 4.0, 0.75]))
+    # The mask of each sweep: the car's points (sampled differently each sweep, as a LiDAR does).
+    segs = [car[rng.permutation(300)[:250]] for _ in range(5)]
+    motion = _track(segs, RepromptConfig())
+    k = 5
+    pred = motion.predict(k, k * DT, _ego(k))
+    assert pred is not None
+    # The latest segment, moved only by the ego motion: its points where they now are.
+    truth = transform_points(rigid_inverse(_ego(k)), segs[-1])
+    assert _max_error(pred, truth) < VOXEL
+    assert np.linalg.norm(motion.latest().filter.velocity) < 1.0
+    # In the LiDAR frame the object moved by metres (ego motion), the prediction followed it.
+    seen_before = transform_points(rigid_inverse(_ego(k - 1)), segs[-1])
+    assert _max_error(seen_before, truth) > 5 * VOXEL
+
+
+def test_constant_velocity_object_is_predicted_within_a_voxel() -> None:
+    rng = np.random.default_rng(1)
+    v = np.array([-8.0, 1.5, 0.0])  # oncoming car, 8 m/s
+    base = _car(rng, np.array([40.0, -3.5, 0.75]))
+    segs = [base + v * DT * k for k in range(8)]
+    motion = _track(segs, RepromptConfig())
+    k = 8
+    pred = motion.predict(k, k * DT, _ego(k))
+    truth = transform_points(rigid_inverse(_ego(k)), base + v * DT * k)
+    assert _max_error(pred, truth) < VOXEL
+    np.testing.assert_allclose(motion.latest().filter.velocity, v, atol=1.0)
+    # Without the velocity the prediction would be 0.8 m off.
+    still = transform_points(rigid_inverse(_ego(k)), segs[-1])
+    assert _max_error(still, truth) > 3 * VOXEL
+
+
+def _front_camera() -> CameraGeometry:
+    """A 640 x 384 camera looking along the LiDAR's x axis."""
+    K = np.array([[400.0, 0, 320], [0, 400.0, 192], [0, 0, 1]])
+    cam_from_lidar = np.eye(4)
+    cam_from_lidar[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]  # x fwd -> z, y left -> -x
+    return CameraGeometry(3, K, cam_from_lidar, (384, 640))
+
+
+def test_prompts_on_the_supported_prediction() -> None:
+    rng = np.random.default_rng(2)
+    car = _car(rng, np.array([20.0, 1.0, -1.05]))  # LiDAR frame, 1.8 m above the ground
+    ground = _ground(rng) - [0, 0, 1.8]
+    sweep = np.concatenate([ground, car])
+    cfg = RepromptConfig(num_points=3)
+    rp = derive_prompts(car + [0.1, 0.0, 0.0], sweep, [_front_camera()], cfg)
+    assert not rp.lost and rp.has_lidar and rp.coverage > 0.9 and rp.support >= 300
+    assert rp.lidar_points.shape == (3, 3)
+    # The clicks are points of the current sweep, on the car (not on the ground around it).
+    d = np.linalg.norm(rp.lidar_points[:, None] - car[None], axis=2).min(axis=1)
+    assert (d == 0).all()
+    box = rp.camera_boxes[3]
+    truth = project_box(car, _front_camera(), 1)
+    assert truth is not None
+    np.testing.assert_allclose(box, truth, atol=5.0)  # 0.1 m at 20 m is 2 px
+    prompts = to_object_prompts(rp)
+    assert set(prompts.cameras) == {3} and prompts.cameras[3].box is not None
+    assert prompts.lidar is not None and list(prompts.lidar.labels) == [1, 1, 1]
+
+
+def test_object_that_left_the_field_of_view_gets_no_camera_prompt() -> None:
+    rng = np.random.default_rng(3)
+    cam = _front_camera()
+    # Beside the ego (y = 8 m at x = 1 m): outside the camera's field of view, still in the sweep.
+    beside = _car(rng, np.array([1.0, 8.0, -1.05]))
+    behind = _car(rng, np.array([-15.0, 0.0, -1.05]))
+    for car in (beside, behind):
+        assert project_box(car, cam, 1) is None
+        rp = derive_prompts(car, car, [cam], RepromptConfig())
+        assert not rp.lost and rp.camera_boxes == {} and len(rp.lidar_points) > 0
+    # Without a LiDAR sweep, an object no camera sees is lost.
+    rp = derive_prompts(behind, None, [cam], RepromptConfig())
+    assert rp.lost and rp.is_empty
+    ahead = _car(rng, np.array([20.0, 0.0, -1.05]))
+    rp = derive_prompts(ahead, None, [cam], RepromptConfig())
+    assert not rp.lost and set(rp.camera_boxes) == {3} and len(rp.lidar_points) == 0
+
+
+def test_removed_object_has_no_support() -> None:
+    rng = np.random.default_rng(4)
+    car = _car(rng, np.array([20.0, 1.0, -1.05]))
+    ground = _ground(rng, 20000) - [0, 0, 1.8]
+    # The car is gone: the ground where it stood is still there, within reach of its lowest
+    # points, but nothing of its body.
+    rp = derive_prompts(car, ground, [_front_camera()], RepromptConfig())
+    assert rp.support > 0 and rp.coverage < 0.3
+    assert rp.lost and rp.is_empty
+    rp = derive_prompts(car, np.zeros((0, 3)), [_front_camera()], RepromptConfig())
+    assert rp.has_lidar is False and not rp.lost  # an empty sweep: the cameras decide
+
+
+def test_motion_history_rolls_back_and_prunes() -> None:
+    rng = np.random.default_rng(5)
+    car = _car(rng, np.array([25.0, 4.0, 0.75]))
+    rep = Reprompter()
+    for k in range(4):
+        pose = _ego(k)
+        pts = transform_points(rigid_inverse(pose), car)
+        s = FrameSensors(k, k * DT, pose, pts, [])
+        assert rep.observe(7, s, np.ones(len(pts), bool), presence=0.9)
+    s4 = FrameSensors(4, 0.4, _ego(4), transform_points(rigid_inverse(_ego(4)), car), [])
+    assert not rep.observe(7, s4, np.zeros(len(car), bool), presence=0.9)  # empty mask: a miss
+    m = rep.motions[7]
+    assert sorted(m.history) == [0, 1, 2, 3, 4] and m.latest().misses == 1
+    m.discard_after(2)
+    assert sorted(m.history) == [0, 1, 2]
+    rep.prune_before(2)
+    assert sorted(m.history) == [1, 2]  # frame 2's prediction needs the state after frame 1
+    assert rep.plan(7, s4) is not None and rep.plan(8, s4) is None
+    rep.forget(7)
+    assert rep.motions == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming tracker.
+
+
+@pytest.fixture(scope="module")
+def seq() -> Sequence:
+    return generate_sequence(make_config("tiny", num_frames=4))
+
+
+@pytest.fixture(scope="module")
+def model() -> SAM4D:
+    torch.manual_seed(0)
+    return build_sam4d("sam4d_tiny")
+
+
+def _largest_object(frame: Frame) -> int:
+    ids, counts = np.unique(frame.point_labels[frame.point_labels > 0], return_counts=True)
+    return int(ids[np.argmax(counts)])
+
+
+def _without(frame: Frame, obj: int) -> Frame:
+    keep = frame.point_labels != obj
+    return dataclasses.replace(
+        frame, points=frame.points[keep], point_labels=frame.point_labels[keep]
+    )
+
+
+def _mask_prompt(frame: Frame, obj: int, object_id: int = 1, stamp=None) -> ObjectPrompt:
+    # A point-mask prompt is taken as the output: the object's observed segment is exact.
+    return ObjectPrompt(
+        object_id, stamp=stamp, lidar=LidarPrompt(point_mask=frame.point_labels == obj)
+    )
+
+
+def test_removed_object_is_lost_not_tracked(model: SAM4D, seq: Sequence) -> None:
+    obj = _largest_object(seq[0])
+    tr = StreamingTracker(model, TrackerConfig(reprompt=True))
+    memory_only = StreamingTracker(model, TrackerConfig())
+    for t in (tr, memory_only):
+        t.step(seq[0])
+        r = t.add_prompts([_mask_prompt(seq[0], obj)])
+        assert r is not None and not r.objects[0].lost
+    # Next sweep: the object is still there -> supported, decoded with memory + prompts.
+    (o,) = tr.step(seq[1]).objects
+    assert not o.lost
+    # Then it is removed from the scene.
+    gone = _without(seq[2], obj)
+    (o,) = tr.step(gone).objects
+    assert o.lost and o.presence_score < 0.01
+    assert not o.point_mask.any() and not any(m.any() for m in o.image_masks.values())
+    (o,) = tr.step(_without(seq[3], obj)).objects
+    assert o.lost
+    # The memory-only tracker never says lost (the SAM4D protocol has no such notion).
+    for f in (seq[1], gone):
+        assert not memory_only.step(f).objects[0].lost
+
+
+def test_replayed_prompt_equals_live_with_reprompting(model: SAM4D, seq: Sequence) -> None:
+    obj = _largest_object(seq[0])
+    cfg = TrackerConfig(reprompt=True)
+    live = StreamingTracker(model, cfg)
+    live.step(seq[0])
+    live.add_prompts([_mask_prompt(seq[0], obj)])
+    for f in seq.frames[1:3]:
+        a = live.step(f)
+    late = StreamingTracker(model, cfg)
+    for f in seq.frames[:3]:
+        late.step(f)
+    b = late.add_prompts([_mask_prompt(seq[0], obj, stamp=seq[0].timestamp)])
+    assert b is not None and b.replayed_from == 0
+    (oa,), (ob,) = a.objects, b.objects
+    assert oa.lost == ob.lost
+    np.testing.assert_allclose(oa.point_scores, ob.point_scores, atol=1e-4)
+    ma, mb = live._reprompter.motions[1], late._reprompter.motions[1]
+    assert sorted(ma.history) == sorted(mb.history) == [0, 1, 2]
+    for k in ma.history:
+        np.testing.assert_allclose(ma.history[k].segment, mb.history[k].segment, atol=1e-5)
