@@ -90,9 +90,18 @@ def test_cli_writes_json_and_markdown(tiny_reports) -> None:
     assert set(cells) == {
         f"{p}/{m}" for p in ("1click", "3click", "box", "mask") for m in ("img", "pts")
     }
+    assert report["settings"]["tracker_modes"] == ["memory", "reprompt"]  # the CLI's default
+    assert set(report["aggregate"]["cells_by_mode"]) == {"memory", "reprompt"}
+    assert report["aggregate"]["cells_by_mode"]["memory"] == cells
     for seq in src["sequences"]:
         assert seq["objects"] and len(seq["objects"]) == min(3, seq["num_candidates"])
-        assert len(seq["runs"]) == 8 * len(seq["objects"])
+        # Every (prompt, modality) in both tracker modes, on the same prompts.
+        assert len(seq["runs"]) == 2 * 8 * len(seq["objects"])
+        by_mode = {m: [r for r in seq["runs"] if r["mode"] == m] for m in ("memory", "reprompt")}
+        assert [r["prompt_detail"] for r in by_mode["memory"]] == [
+            r["prompt_detail"] for r in by_mode["reprompt"]
+        ]
+        assert all(r["lost_frames"] == 0 for r in by_mode["memory"])
         for r in seq["runs"]:
             assert r["frames"] == list(range(r["first_frame"], seq["num_frames"]))
             assert r["prompt_detail"]["frame"] == r["first_frame"]
@@ -110,16 +119,25 @@ def test_cli_writes_json_and_markdown(tiny_reports) -> None:
         for key in ("image_miou", "jf", "lidar_miou"):
             assert c[key] is None or 0.0 <= c[key] <= 1.0
     # The cell pools the objects of both sequences.
-    runs = [r for s in src["sequences"] for r in s["runs"] if r["prompt"] == "1click"]
+    runs = [
+        r
+        for s in src["sequences"]
+        for r in s["runs"]
+        if r["prompt"] == "1click" and r["mode"] == "memory"
+    ]
     img = [r["image_miou"] for r in runs if r["modality"] == "img" and r["image_miou"] is not None]
     assert cells["1click/img"]["image_miou"] == pytest.approx(float(np.mean(img)))
-    assert len(report["targets"]) == 4 and all(
+    assert len(report["targets"]) == 2 * 4 and all(
         isinstance(t["met"], bool) for t in report["targets"]
     )
+    assert [t["mode"] for t in report["targets"]] == ["memory"] * 4 + ["reprompt"] * 4
     md = (a / "r.md").read_text()
     assert "| prompt | prompted in | image mIoU | image J&F (J / F) | LiDAR mIoU | objects |" in md
     assert "| 1 click | image (2D) |" in md and "x-modal 2D->3D" in md
     assert "Targets of the issue" in md
+    assert "### Tracker modes side by side" in md
+    assert "| prompt | prompted in | image mIoU memory only | image mIoU re-prompting |" in md
+    assert "--tracker-modes memory,reprompt" in md
     assert "python -m training.evaluate" in md and "--synthetic-seeds 3 5" in md
 
 
@@ -142,6 +160,9 @@ def test_report_lookup(tiny_reports, tmp_path) -> None:
         for r in seq["runs"]
         if r["object_id"] == oid and r["prompt"] == "1click" and r["modality"] == "img"
     )
+    again = object_result(report, seq["name"], oid, "3click", "pts", mode="reprompt")
+    assert again["mode"] == "reprompt" and entry["mode"] == "memory"
+    assert again["prompt_detail"] == entry["prompt_detail"]
     with pytest.raises(KeyError, match="no 1click/img entry"):
         object_result(report, seq["name"], 60000)
     with pytest.raises(KeyError, match="no sequence"):
@@ -267,6 +288,8 @@ def test_bundled_report_regenerates(bundled_report, tmp_path) -> None:
         str(st["min_points"]),
         "--threads",
         str(st["threads"]),
+        "--tracker-modes",
+        ",".join(st.get("tracker_modes", ["memory"])),
         "--json",
         str(tmp_path / "r.json"),
         "--quiet",
@@ -278,8 +301,15 @@ def test_bundled_report_regenerates(bundled_report, tmp_path) -> None:
     assert seq["name"] == committed["name"] and seq["objects"] == committed["objects"]
     assert seq["runs"], "nothing evaluated"
     for r in seq["runs"]:
-        old = object_result(bundled_report, seq["name"], r["object_id"], r["prompt"], r["modality"])
-        where = f"{seq['name']} object {r['object_id']} {r['prompt']}/{r['modality']}"
+        old = object_result(
+            bundled_report,
+            seq["name"],
+            r["object_id"],
+            r["prompt"],
+            r["modality"],
+            mode=r["mode"],
+        )
+        where = f"{seq['name']} object {r['object_id']} {r['prompt']}/{r['modality']} {r['mode']}"
         assert r["first_frame"] == old["first_frame"] and r["frames"] == old["frames"], where
         assert r["prompt_detail"]["camera"] == old["prompt_detail"]["camera"], where
         np.testing.assert_allclose(

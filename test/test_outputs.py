@@ -157,6 +157,9 @@ def step_result() -> StepResult:
                          np.array([0.0, 0.9, 0.6, 0.0], np.float32)),
             ObjectResult(3, 0.2, 0.5, {"front": m3}, np.ones(4, bool),
                          np.full(4, 0.99, np.float32)),
+            # Lost by the re-prompting tracker: absent, empty masks.
+            ObjectResult(4, 0.0, 0.0, {"front": np.zeros((H, W), bool)}, np.zeros(4, bool),
+                         np.zeros(4, np.float32), lost=True),
         ],
     )  # fmt: skip
 
@@ -201,8 +204,10 @@ def test_tracked_objects_with_boxes():
     out = StepOutputs(step_result(), built_frame())
     msg = deserialize_message(serialize_message(out.tracked_objects_msg()), TrackedObjects)
     assert msg.header.frame_id == "lidar" and list(msg.cameras_used) == ["front"]
-    assert [o.id for o in msg.objects] == [1, 2, 3]
-    o1, o2, o3 = msg.objects
+    assert [o.id for o in msg.objects] == [1, 2, 3, 4]
+    o1, o2, o3, o4 = msg.objects
+    assert [o.lost for o in msg.objects] == [False, False, False, True]
+    assert o4.presence_score == 0.0 and o4.num_points == 0 and len(o4.camera_boxes) == 0
     assert o1.num_points == 1 and o1.lidar_score == pytest.approx(0.8)
     assert o2.num_points == 2 and o2.lidar_score == pytest.approx(0.75)
     assert o2.presence_score == pytest.approx(0.6) and o2.predicted_iou == pytest.approx(0.7)

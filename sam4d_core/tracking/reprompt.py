@@ -10,7 +10,9 @@ segment is moved by ``velocity * dt`` (a static object stays exactly where it wa
 only the ego motion moves it in the LiDAR frame) and brought into the current LiDAR frame.
 :func:`derive_prompts` then looks for support and derives the prompts:
 
-- LiDAR support: current sweep points within ``support_radius`` of the predicted segment. The
+- LiDAR support: current sweep points within the support radius of the predicted segment
+  (``support_radius``, or ``range_factor`` times the segment's range when that is larger: a
+  LiDAR's rings spread with range, and the next sweep samples a surface elsewhere). The
   prediction is supported when at least ``min_support_points`` such points exist *and* at least
   ``min_coverage`` of the predicted segment's points have a current point that close (coverage:
   an object that left leaves the ground it stood on within reach of its lowest points, but not
@@ -21,6 +23,9 @@ only the ego motion moves it in the LiDAR frame) and brought into the current Li
 - Camera boxes: in each camera where at least ``min_visible_points`` of the predicted segment's
   points project in front of the camera and inside the image, the box of those projections
   (camera pixels), clipped to the image.
+- Association: an output updates the motion with its mask points within ``gate_factor`` support
+  radii of the prediction only (a mask that spills onto a neighbour moves neither the segment nor
+  the velocity estimate); the centroid measured is their median.
 - Lost: with a LiDAR sweep, no LiDAR support; without one, no camera sees the prediction. A lost
   object gets no prompts; the tracker reports it lost (absent, presence 0) and keeps predicting
   (coasting at most ``max_coast_s`` on its velocity, then standing still) so that it is picked
@@ -35,6 +40,7 @@ buffered past frame roll the motion back exactly as it rolls back the memory ban
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +56,10 @@ class RepromptConfig:
         num_points: most positive 3D clicks per object and frame (>= 1).
         support_radius: a current point within this distance (m) of the predicted segment
             supports it.
+        range_factor: the support radius is at least this times the predicted segment's range
+            (m per m: ring spacing).
+        gate_factor: an output's mask points farther than this many support radii from the
+            prediction do not update the motion.
         min_support_points: fewest supporting points for LiDAR support.
         min_coverage: fewest fraction of the predicted segment's points with a current point
             within ``support_radius`` for LiDAR support.
@@ -62,12 +72,16 @@ class RepromptConfig:
         accel_std: process noise, white acceleration (m/s^2).
         init_speed_std: prior spread of an object's speed before its second observation (m/s).
         max_speed: velocity estimates are clamped to this (m/s).
+        gate_sigma: a centroid farther than this many standard deviations from its prediction
+            is an outlier: the filter predicts through it.
         max_coast_s: a prediction moves on its velocity for at most this long after the last
             observation (s), then stands still.
     """
 
     num_points: int = 3
     support_radius: float = 0.4
+    range_factor: float = 0.02
+    gate_factor: float = 2.0
     min_support_points: int = 3
     min_coverage: float = 0.3
     camera_boxes: bool = True
@@ -77,8 +91,9 @@ class RepromptConfig:
     min_presence: float = 0.5
     meas_std: float = 0.3
     accel_std: float = 3.0
-    init_speed_std: float = 8.0
+    init_speed_std: float = 4.0
     max_speed: float = 40.0
+    gate_sigma: float = 3.0
     max_coast_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -86,6 +101,8 @@ class RepromptConfig:
             raise ValueError("num_points, min_support_points and min_visible_points must be >= 1")
         if self.support_radius <= 0 or not 0.0 <= self.min_coverage <= 1.0:
             raise ValueError("support_radius must be > 0 and min_coverage in [0, 1]")
+        if self.range_factor < 0 or self.gate_factor <= 0:
+            raise ValueError("range_factor must be >= 0 and gate_factor > 0")
         if self.max_segment_points < 1 or self.min_observed_points < 1:
             raise ValueError("max_segment_points and min_observed_points must be >= 1")
         if min(self.meas_std, self.accel_std, self.init_speed_std, self.max_speed) <= 0:
@@ -152,6 +169,14 @@ def project_box(
     lo, hi = uv.min(axis=0), uv.max(axis=0)
     box = np.array([lo[0], lo[1], hi[0], hi[1]], np.float64)
     return np.clip(box, 0.0, [w - 1, h - 1, w - 1, h - 1])
+
+
+def support_radius(predicted: np.ndarray, config: RepromptConfig) -> float:
+    """The support radius (m) of a predicted segment (M, 3) in the LiDAR frame."""
+    if len(predicted) == 0:
+        return config.support_radius
+    rng = float(np.linalg.norm(np.median(predicted, axis=0)))
+    return max(config.support_radius, config.range_factor * rng)
 
 
 def _near(
@@ -252,7 +277,7 @@ def derive_prompts(
     supported = False
     if has_lidar:
         pts = np.asarray(points, np.float64)[:, :3]
-        r = config.support_radius
+        r = support_radius(predicted, config)
         idx, dist, covered = _near(pts, predicted, r)
         support = len(idx)
         coverage = float(covered.mean()) if len(covered) else 0.0
@@ -325,6 +350,9 @@ class CentroidFilter:
         s = P[0, 0] + config.meas_std**2
         gain = P[:, 0] / s  # (2,): position and velocity gains
         resid = np.asarray(z, np.float64) - p_pred
+        if float(np.linalg.norm(resid)) > config.gate_sigma * math.sqrt(s):
+            # An outlier (the mask jumped, e.g. onto a neighbour): predict, do not learn from it.
+            return CentroidFilter(p_pred, self.velocity.copy(), P, float(t))
         pos = p_pred + gain[0] * resid
         vel = self.velocity + gain[1] * resid
         speed = float(np.linalg.norm(vel))
@@ -385,7 +413,8 @@ class ObjectMotion:
     ) -> None:
         """Records the object's segment (M, 3) (LiDAR frame) observed on a frame."""
         seg = transform_points(world_from_lidar, _subsample(np.asarray(segment_lidar), 4 * 4096))
-        z = seg.mean(axis=0)
+        # The median: robust to a mask that spills a little beyond the object.
+        z = np.median(seg, axis=0)
         seg = _subsample(seg, self.config.max_segment_points)
         prev = self.latest(before=frame_index)
         if prev is None:
@@ -474,12 +503,16 @@ class Reprompter:
             and point_mask is not None
             and len(point_mask) == len(pts)
             and presence >= self.config.min_presence
-            and int(np.count_nonzero(point_mask)) >= self.config.min_observed_points
         ):
-            motion.observe(
-                sensors.index, sensors.timestamp, sensors.world_from_lidar, pts[point_mask]
-            )
-            return True
+            seg = np.asarray(pts, np.float64)[np.asarray(point_mask, bool), :3]
+            pred = motion.predict(sensors.index, sensors.timestamp, sensors.world_from_lidar)
+            if pred is not None and len(seg):
+                gate = self.config.gate_factor * support_radius(pred, self.config)
+                idx, _, _ = _near(seg, pred, gate)
+                seg = seg[np.sort(idx)]
+            if len(seg) >= self.config.min_observed_points:
+                motion.observe(sensors.index, sensors.timestamp, sensors.world_from_lidar, seg)
+                return True
         motion.miss(sensors.index)
         return False
 
@@ -516,6 +549,7 @@ __all__ = [
     "derive_prompts",
     "project_box",
     "rigid_inverse",
+    "support_radius",
     "to_object_prompts",
     "transform_points",
 ]
