@@ -168,6 +168,22 @@ def test_removed_object_has_no_support() -> None:
     assert rp.has_lidar is False and not rp.lost  # an empty sweep: the cameras decide
 
 
+def test_a_mask_spilling_onto_a_neighbour_moves_neither_segment_nor_velocity() -> None:
+    rng = np.random.default_rng(6)
+    car = _car(rng, np.array([25.0, 4.0, 0.75]))
+    neighbour = _car(rng, np.array([25.0, 9.0, 0.75]))  # parked 5 m beside it
+    rep = Reprompter()
+    for k in range(6):
+        pose = _ego(k)
+        both = np.concatenate([car, neighbour])
+        pts = transform_points(rigid_inverse(pose), both)
+        mask = np.r_[np.ones(len(car), bool), np.full(len(neighbour), k >= 3)]  # spills from 3 on
+        rep.observe(1, FrameSensors(k, k * DT, pose, pts, []), mask, presence=0.9)
+    st = rep.motions[1].latest()
+    assert np.linalg.norm(st.filter.velocity) < 0.5
+    assert np.abs(st.segment[:, 1] - 4.0).max() < 1.0  # only the car's points are kept
+
+
 def test_motion_history_rolls_back_and_prunes() -> None:
     rng = np.random.default_rng(5)
     car = _car(rng, np.array([25.0, 4.0, 0.75]))
@@ -233,8 +249,9 @@ def test_removed_object_is_lost_not_tracked(model: SAM4D, seq: Sequence) -> None
         r = t.add_prompts([_mask_prompt(seq[0], obj)])
         assert r is not None and not r.objects[0].lost
     # Next sweep: the object is still there -> supported, decoded with memory + prompts.
-    (o,) = tr.step(seq[1]).objects
-    assert not o.lost
+    r = tr.step(seq[1])
+    (o,) = r.objects
+    assert not o.lost and r.timings_ms["reprompt"] > 0
     # Then it is removed from the scene.
     gone = _without(seq[2], obj)
     (o,) = tr.step(gone).objects

@@ -102,7 +102,8 @@ class StepResult:
     """The tracker's output for one frame: every tracked object, plus stage timings (ms).
 
     timings_ms: image_encoder, lidar_encoder, memory_attention, decoder, memory_encoder,
-        postprocess and total (a stage that did not run is absent).
+        postprocess, reprompt (motion and prompt derivation of re-prompting) and total (a stage
+        that did not run is absent).
     replayed_from: for the result of a prompt on a buffered past frame, the index of that frame
         (the prompted objects were re-tracked from there up to this frame); None otherwise.
     """

@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from sam4d_core.data.sequence import Frame
 from sam4d_core.modeling.sam4d_base import CameraPrompt, LidarPrompt, ObjectPrompts
 
 
@@ -145,6 +147,19 @@ class CameraGeometry:
     intrinsics: np.ndarray
     cam_from_lidar: np.ndarray
     size: tuple[int, int]
+
+
+def camera_geometry(frame: Frame, slots: Mapping[str, int]) -> list[CameraGeometry]:
+    """The present cameras of a frame (``slots``: camera name -> the tracker's slot)."""
+    return [
+        CameraGeometry(
+            slots[name],
+            np.asarray(cam.intrinsics, np.float64),
+            np.asarray(cam.cam_from_lidar, np.float64),
+            (int(cam.image.shape[0]), int(cam.image.shape[1])),
+        )
+        for name, cam in frame.cameras.items()
+    ]
 
 
 def project_box(
@@ -543,6 +558,7 @@ __all__ = [
     "FrameSensors",
     "MotionState",
     "ObjectMotion",
+    "camera_geometry",
     "Reprompt",
     "RepromptConfig",
     "Reprompter",

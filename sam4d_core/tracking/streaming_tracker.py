@@ -86,6 +86,7 @@ from sam4d_core.tracking.reprompt import (
     FrameSensors,
     RepromptConfig,
     Reprompter,
+    camera_geometry,
     to_object_prompts,
 )
 
@@ -314,15 +315,7 @@ class StreamingTracker:
                 camera_sizes={n: tuple(c.image.shape[:2]) for n, c in frame.cameras.items()},  # type: ignore[misc]
                 num_points=npts,
                 world_from_lidar=np.asarray(frame.world_from_lidar, np.float64),
-                cameras=[
-                    CameraGeometry(
-                        self._camera_slots[n],
-                        np.asarray(c.intrinsics, np.float64),
-                        np.asarray(c.cam_from_lidar, np.float64),
-                        tuple(c.image.shape[:2]),  # type: ignore[arg-type]
-                    )
-                    for n, c in frame.cameras.items()
-                ],
+                cameras=camera_geometry(frame, self._camera_slots),
             )
             self._next_index += 1
             self._buffer.append(bf)
@@ -345,13 +338,13 @@ class StreamingTracker:
                         prepare_prompt_job(st, bf.index, req.frames[bf.index], bf.camera_ids)
                     )
                 else:
-                    job = self._tracking_job(st, sensors)
+                    job = self._tracking_job(st, sensors, timings)
                     if job is None:
                         lost.add(oid)
                     else:
                         jobs.append(job)
             outs = run_frame(self.model, features, bf.index, jobs, timings=timings) if jobs else []
-            self._observe(bf, sensors, jobs, outs, lost)
+            self._observe(bf, sensors, jobs, outs, lost, timings)
             states, outs = self._with_lost(bf, jobs, outs, lost)
             objects = self._results(bf, states, outs, timings, lost)
             self._latest = {r.object_id: r for r in objects}
@@ -615,7 +608,7 @@ class StreamingTracker:
                     if bf is newest:
                         final[oid] = kept
                 else:
-                    job = self._tracking_job(st, sensors)
+                    job = self._tracking_job(st, sensors, timings)
                     if job is None:
                         lost.add(oid)
                     else:
@@ -623,7 +616,7 @@ class StreamingTracker:
             outs = (
                 run_frame(self.model, bf.features, bf.index, jobs, timings=timings) if jobs else []
             )
-            self._observe(bf, sensors, jobs + kept_jobs, list(outs) + kept_outs, lost)
+            self._observe(bf, sensors, jobs + kept_jobs, list(outs) + kept_outs, lost, timings)
             if bf is newest:
                 states, with_lost = self._with_lost(bf, jobs, outs, lost)
                 final.update({st.obj_id: o for st, o in zip(states, with_lost, strict=True)})
@@ -636,12 +629,16 @@ class StreamingTracker:
         return first
 
     # ------------------------------------------------------------------ re-prompting
-    def _tracking_job(self, st: ObjectState, sensors: FrameSensors | None) -> ObjectJob | None:
+    def _tracking_job(
+        self, st: ObjectState, sensors: FrameSensors | None, timings: dict[str, float]
+    ) -> ObjectJob | None:
         """A tracked (not user-prompted) object's job: memory only, or with the prompts of its
         predicted segment beside the memory (re-prompting); None when it is lost."""
         if self._reprompter is None or sensors is None:
             return ObjectJob(st)
+        t0 = stage_clock()
         rp = self._reprompter.plan(st.obj_id, sensors)
+        timings["reprompt"] = timings.get("reprompt", 0.0) + (stage_clock() - t0) * 1e3
         if rp is None:
             return ObjectJob(st)
         if rp.lost:
@@ -657,11 +654,13 @@ class StreamingTracker:
         jobs: Sequence[ObjectJob],
         outs: Sequence[ObjectFrameOutput],
         lost: set[int],
+        timings: dict[str, float],
     ) -> None:
         """Updates the objects' motion with their outputs on ``bf`` (lost ones coast)."""
         rep = self._reprompter
         if rep is None or sensors is None:
             return
+        t0 = stage_clock()
         for oid in lost:
             rep.miss(oid, bf.index)
         if not jobs:
@@ -671,6 +670,7 @@ class StreamingTracker:
         for i, (job, o) in enumerate(zip(jobs, outs, strict=True)):
             presence = 0.0 if o.absent else float(torch.sigmoid(o.object_score.float()))
             rep.observe(job.state.obj_id, sensors, None if masks is None else masks[i], presence)
+        timings["reprompt"] = timings.get("reprompt", 0.0) + (stage_clock() - t0) * 1e3
 
     def _with_lost(
         self,
