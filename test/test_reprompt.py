@@ -49,7 +49,8 @@ def _ego(k: int) -> np.ndarray:
 
 
 def _car(rng: np.random.Generator, centre: np.ndarray, n: int = 300) -> np.ndarray:
-    """(n, 3) points on the surface of a 4.5 x 1.8 x 1.5 m box centred at ``centre``."""
+    """(n, 3) points on the surface of a 4.5 x 1.8 x 1.5 m box centred at ``centre`` (the tests
+    put it 0.3 m above the ground, its clearance)."""
     u = rng.uniform(-0.5, 0.5, size=(n, 3))
     face = rng.integers(0, 3, n)
     u[np.arange(n), face] = rng.choice([-0.5, 0.5], n)
@@ -76,13 +77,13 @@ def _max_error(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def test_static_object_under_ego_motion_is_predicted_within_a_voxel() -> None:
     rng = np.random.default_rng(0)
-    car = _car(rng, np.array([25.0, 4.0, 0.75]))
+    car = _car(rng, np.array([25.0, 4.0, 1.05]))
     # The mask of each sweep: the car's points (sampled differently each sweep, as a LiDAR does).
     segs = [car[rng.permutation(300)[:250]] for _ in range(5)]
     motion = _track(segs, RepromptConfig())
     k = 5
-    pred = motion.predict(k, k * DT, _ego(k))
-    assert pred is not None
+    pred, search = motion.predict(k, k * DT, _ego(k))
+    assert search < 0.5  # the velocity is known well by now (3 sigma x 0.1 s)
     # The latest segment, moved only by the ego motion: its points where they now are.
     truth = transform_points(rigid_inverse(_ego(k)), segs[-1])
     assert _max_error(pred, truth) < VOXEL
@@ -95,11 +96,11 @@ def test_static_object_under_ego_motion_is_predicted_within_a_voxel() -> None:
 def test_constant_velocity_object_is_predicted_within_a_voxel() -> None:
     rng = np.random.default_rng(1)
     v = np.array([-8.0, 1.5, 0.0])  # oncoming car, 8 m/s
-    base = _car(rng, np.array([40.0, -3.5, 0.75]))
+    base = _car(rng, np.array([40.0, -3.5, 1.05]))
     segs = [base + v * DT * k for k in range(8)]
     motion = _track(segs, RepromptConfig())
     k = 8
-    pred = motion.predict(k, k * DT, _ego(k))
+    pred, _ = motion.predict(k, k * DT, _ego(k))
     truth = transform_points(rigid_inverse(_ego(k)), base + v * DT * k)
     assert _max_error(pred, truth) < VOXEL
     np.testing.assert_allclose(motion.latest().filter.velocity, v, atol=1.0)
@@ -118,7 +119,7 @@ def _front_camera() -> CameraGeometry:
 
 def test_prompts_on_the_supported_prediction() -> None:
     rng = np.random.default_rng(2)
-    car = _car(rng, np.array([20.0, 1.0, -1.05]))  # LiDAR frame, 1.8 m above the ground
+    car = _car(rng, np.array([20.0, 1.0, -0.75]))  # LiDAR frame (the ground is 1.8 m below)
     ground = _ground(rng) - [0, 0, 1.8]
     sweep = np.concatenate([ground, car])
     cfg = RepromptConfig(num_points=3)
@@ -137,12 +138,32 @@ def test_prompts_on_the_supported_prediction() -> None:
     assert prompts.lidar is not None and list(prompts.lidar.labels) == [1, 1, 1]
 
 
+def test_a_moving_object_seen_once_is_found_by_the_search() -> None:
+    rng = np.random.default_rng(7)
+    ground = _ground(rng, 20000)
+    v = np.array([12.0, 0.0, 0.0])  # a car pulling away at 12 m/s: 1.2 m per sweep
+    car0 = _car(rng, np.array([20.0, 4.0, 1.05]))
+    motion = _track([car0], RepromptConfig())  # one observation: velocity unknown (0 +- 4 m/s)
+    pred, search = motion.predict(1, DT, _ego(1))
+    assert 1.0 < search < 2.0
+    car1 = transform_points(rigid_inverse(_ego(1)), car0 + v * DT)
+    sweep = np.concatenate([transform_points(rigid_inverse(_ego(1)), ground), car1])
+    cam = _front_camera()
+    still = derive_prompts(pred, sweep, [cam], RepromptConfig())  # where it was
+    assert _max_error(still.predicted, car1) > 1.0
+    rp = derive_prompts(pred, sweep, [cam], RepromptConfig(), search=search)
+    assert not rp.lost and rp.coverage > 0.9 > still.coverage
+    assert _max_error(rp.predicted, car1) < VOXEL
+    d = np.linalg.norm(rp.lidar_points[:, None] - car1[None], axis=2).min(axis=1)
+    assert (d == 0).all()  # the clicks are on the car where it is now
+
+
 def test_object_that_left_the_field_of_view_gets_no_camera_prompt() -> None:
     rng = np.random.default_rng(3)
     cam = _front_camera()
     # Beside the ego (y = 8 m at x = 1 m): outside the camera's field of view, still in the sweep.
-    beside = _car(rng, np.array([1.0, 8.0, -1.05]))
-    behind = _car(rng, np.array([-15.0, 0.0, -1.05]))
+    beside = _car(rng, np.array([1.0, 8.0, -0.75]))
+    behind = _car(rng, np.array([-15.0, 0.0, -0.75]))
     for car in (beside, behind):
         assert project_box(car, cam, 1) is None
         rp = derive_prompts(car, car, [cam], RepromptConfig())
@@ -150,14 +171,14 @@ def test_object_that_left_the_field_of_view_gets_no_camera_prompt() -> None:
     # Without a LiDAR sweep, an object no camera sees is lost.
     rp = derive_prompts(behind, None, [cam], RepromptConfig())
     assert rp.lost and rp.is_empty
-    ahead = _car(rng, np.array([20.0, 0.0, -1.05]))
+    ahead = _car(rng, np.array([20.0, 0.0, -0.75]))
     rp = derive_prompts(ahead, None, [cam], RepromptConfig())
     assert not rp.lost and set(rp.camera_boxes) == {3} and len(rp.lidar_points) == 0
 
 
 def test_removed_object_has_no_support() -> None:
     rng = np.random.default_rng(4)
-    car = _car(rng, np.array([20.0, 1.0, -1.05]))
+    car = _car(rng, np.array([20.0, 1.0, -0.75]))
     ground = _ground(rng, 20000) - [0, 0, 1.8]
     # The car is gone: the ground where it stood is still there, within reach of its lowest
     # points, but nothing of its body.
@@ -170,8 +191,8 @@ def test_removed_object_has_no_support() -> None:
 
 def test_a_mask_spilling_onto_a_neighbour_moves_neither_segment_nor_velocity() -> None:
     rng = np.random.default_rng(6)
-    car = _car(rng, np.array([25.0, 4.0, 0.75]))
-    neighbour = _car(rng, np.array([25.0, 9.0, 0.75]))  # parked 5 m beside it
+    car = _car(rng, np.array([25.0, 4.0, 1.05]))
+    neighbour = _car(rng, np.array([25.0, 9.0, 1.05]))  # parked 5 m beside it
     rep = Reprompter()
     for k in range(6):
         pose = _ego(k)
@@ -186,7 +207,7 @@ def test_a_mask_spilling_onto_a_neighbour_moves_neither_segment_nor_velocity() -
 
 def test_motion_history_rolls_back_and_prunes() -> None:
     rng = np.random.default_rng(5)
-    car = _car(rng, np.array([25.0, 4.0, 0.75]))
+    car = _car(rng, np.array([25.0, 4.0, 1.05]))
     rep = Reprompter()
     for k in range(4):
         pose = _ego(k)

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from sam4d_core.data.sequence import Frame
 from sam4d_core.modeling.sam4d_base import CameraPrompt, LidarPrompt, ObjectPrompts
@@ -75,7 +76,10 @@ class RepromptConfig:
         init_speed_std: prior spread of an object's speed before its second observation (m/s).
         max_speed: velocity estimates are clamped to this (m/s).
         gate_sigma: a centroid farther than this many standard deviations from its prediction
-            is an outlier: the filter predicts through it.
+            is an outlier: the filter predicts through it. Also the prediction's search radius:
+            this many standard deviations of the velocity times the time since the last
+            observation.
+        max_search: the search radius is at most this (m).
         max_coast_s: a prediction moves on its velocity for at most this long after the last
             observation (s), then stands still.
     """
@@ -96,6 +100,7 @@ class RepromptConfig:
     init_speed_std: float = 4.0
     max_speed: float = 40.0
     gate_sigma: float = 3.0
+    max_search: float = 3.0
     max_coast_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -195,7 +200,7 @@ def support_radius(predicted: np.ndarray, config: RepromptConfig) -> float:
 
 
 def _near(
-    points: np.ndarray, segment: np.ndarray, radius: float, chunk: int = 4096
+    points: np.ndarray, segment: np.ndarray, radius: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which current points are within ``radius`` of the segment and how far.
 
@@ -205,26 +210,45 @@ def _near(
         ``radius``.
     """
     m = len(segment)
-    covered = np.zeros(m, bool)
     if m == 0 or len(points) == 0:
-        return np.zeros(0, np.int64), np.zeros(0), covered
-    # Only the points inside the segment's box grown by the radius can be near it.
-    lo, hi = segment.min(axis=0) - radius, segment.max(axis=0) + radius
-    cand = np.flatnonzero(np.all((points >= lo) & (points <= hi), axis=1))
-    idx_parts, dist_parts = [], []
-    r2 = radius * radius
-    for s in range(0, len(cand), chunk):
-        c = cand[s : s + chunk]
-        d2 = ((points[c, None, :] - segment[None, :, :]) ** 2).sum(-1)  # (k, M)
-        close = d2 <= r2
-        covered |= close.any(axis=0)
-        best = d2.min(axis=1)
-        keep = best <= r2
-        idx_parts.append(c[keep])
-        dist_parts.append(np.sqrt(best[keep]))
-    if not idx_parts:
-        return np.zeros(0, np.int64), np.zeros(0), covered
-    return np.concatenate(idx_parts), np.concatenate(dist_parts), covered
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(m, bool)
+    dist, _ = cKDTree(segment).query(points, distance_upper_bound=radius)
+    idx = np.flatnonzero(np.isfinite(dist))
+    covered = np.zeros(m, bool)
+    if len(idx):
+        d_seg, _ = cKDTree(points[idx]).query(segment, distance_upper_bound=radius)
+        covered = np.isfinite(d_seg)
+    return idx, dist[idx], covered
+
+
+def _best_shift(
+    predicted: np.ndarray, points: np.ndarray, radius: float, search: float
+) -> np.ndarray:
+    """(3,) the horizontal shift within ``search`` (m) of the predicted segment (M, 3) that
+    covers most of its points with current points (within ``radius``); zero when none helps
+    (ties: the closest fit, then the smallest shift). The velocity's uncertainty, searched on a
+    radius/2 grid."""
+    step = 0.5 * radius
+    k = int(search // step)
+    if k < 1 or len(predicted) == 0 or len(points) == 0:
+        return np.zeros(3)
+    lo = predicted.min(axis=0) - radius - search
+    hi = predicted.max(axis=0) + radius + search
+    near = points[np.all((points >= lo) & (points <= hi), axis=1)]
+    if len(near) == 0:
+        return np.zeros(3)
+    tree = cKDTree(near)
+    g = np.arange(-k, k + 1) * step
+    shifts = np.array([(x, y, 0.0) for x in g for y in g if x * x + y * y <= search * search])
+    shifts = shifts[np.argsort(np.linalg.norm(shifts, axis=1), kind="stable")]
+    moved = predicted[None] + shifts[:, None]  # (S, M, 3)
+    d, _ = tree.query(moved.reshape(-1, 3), distance_upper_bound=radius)
+    d = d.reshape(len(shifts), -1)
+    cover = np.isfinite(d).mean(axis=1)
+    # Most coverage first, then the closest fit (distances capped at the radius): within the
+    # plateau of full coverage the fit finds the shift between grid steps' worth of slack.
+    fit = np.minimum(d, radius).mean(axis=1)
+    return shifts[int(np.lexsort((fit, -cover))[0])]
 
 
 def _farthest_points(points: np.ndarray, first: int, k: int) -> list[int]:
@@ -256,6 +280,8 @@ class Reprompt:
         coverage: fraction of the predicted points with a current point that close.
         has_lidar: the frame has a LiDAR sweep (support was looked for).
         lost: no support (module docstring): nothing to prompt with.
+        shift: (3,) how far the sweep moved the prediction (m, LiDAR frame; the velocity's
+            uncertainty searched).
     """
 
     predicted: np.ndarray
@@ -265,6 +291,7 @@ class Reprompt:
     coverage: float
     has_lidar: bool
     lost: bool
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     @property
     def is_empty(self) -> bool:
@@ -276,6 +303,7 @@ def derive_prompts(
     points: np.ndarray | None,
     cameras: list[CameraGeometry],
     config: RepromptConfig,
+    search: float = 0.0,
 ) -> Reprompt:
     """Prompts from a predicted segment on the current frame (module docstring).
 
@@ -284,15 +312,20 @@ def derive_prompts(
         points: (N, 3) current sweep (LiDAR frame), or None / empty without LiDAR.
         cameras: the frame's present cameras.
         config: settings.
+        search: the prediction's position uncertainty (m): with a sweep, the horizontal shift
+            within it that the sweep supports best is applied first.
     """
     predicted = np.asarray(predicted, np.float64).reshape(-1, 3)
     has_lidar = points is not None and len(points) > 0
     clicks = np.zeros((0, 3))
     support, coverage = 0, 0.0
     supported = False
+    shift = np.zeros(3)
     if has_lidar:
         pts = np.asarray(points, np.float64)[:, :3]
         r = support_radius(predicted, config)
+        shift = _best_shift(predicted, pts, r, min(search, config.max_search))
+        predicted = predicted + shift
         idx, dist, covered = _near(pts, predicted, r)
         support = len(idx)
         coverage = float(covered.mean()) if len(covered) else 0.0
@@ -314,7 +347,7 @@ def derive_prompts(
             if b is not None:
                 boxes[cam.slot] = b
     lost = not supported if has_lidar else not boxes
-    return Reprompt(predicted, clicks, boxes, support, coverage, has_lidar, lost)
+    return Reprompt(predicted, clicks, boxes, support, coverage, has_lidar, lost, shift)
 
 
 def to_object_prompts(rp: Reprompt) -> ObjectPrompts:
@@ -410,14 +443,20 @@ class ObjectMotion:
         keys = [k for k in self.history if before is None or k < before]
         return self.history[max(keys)] if keys else None
 
-    def predict(self, frame_index: int, timestamp: float, world_from_lidar: np.ndarray):
-        """(M, 3) predicted segment in the LiDAR frame of a frame, or None (never observed)."""
+    def predict(
+        self, frame_index: int, timestamp: float, world_from_lidar: np.ndarray
+    ) -> tuple[np.ndarray, float] | None:
+        """The predicted segment (M, 3) in the LiDAR frame of a frame and its search radius (m:
+        ``gate_sigma`` standard deviations of the velocity times the time since the last
+        observation), or None (never observed)."""
         st = self.latest(before=frame_index)
         if st is None:
             return None
-        dt = min(max(float(timestamp) - st.filter.timestamp, 0.0), self.config.max_coast_s)
+        dt_obs = max(float(timestamp) - st.filter.timestamp, 0.0)
+        dt = min(dt_obs, self.config.max_coast_s)
         world = st.segment + st.filter.velocity * dt
-        return transform_points(rigid_inverse(world_from_lidar), world)
+        search = self.config.gate_sigma * math.sqrt(max(st.filter.cov[1, 1], 0.0)) * dt_obs
+        return transform_points(rigid_inverse(world_from_lidar), world), search
 
     def observe(
         self,
@@ -491,16 +530,20 @@ class Reprompter:
     def __init__(self, config: RepromptConfig | None = None) -> None:
         self.config = config or RepromptConfig()
         self.motions: dict[int, ObjectMotion] = {}
+        self._planned: dict[int, tuple[int, np.ndarray]] = {}
 
     def plan(self, object_id: int, sensors: FrameSensors) -> Reprompt | None:
         """The object's prompts on a frame from its prediction, or None when it has none yet."""
         motion = self.motions.get(object_id)
         if motion is None:
             return None
-        predicted = motion.predict(sensors.index, sensors.timestamp, sensors.world_from_lidar)
-        if predicted is None:
+        p = motion.predict(sensors.index, sensors.timestamp, sensors.world_from_lidar)
+        if p is None:
             return None
-        return derive_prompts(predicted, sensors.points, sensors.cameras, self.config)
+        rp = derive_prompts(p[0], sensors.points, sensors.cameras, self.config, search=p[1])
+        # What the sweep made of the prediction gates this frame's observation.
+        self._planned[object_id] = (sensors.index, rp.predicted)
+        return rp
 
     def observe(
         self,
@@ -520,9 +563,14 @@ class Reprompter:
             and presence >= self.config.min_presence
         ):
             seg = np.asarray(pts, np.float64)[np.asarray(point_mask, bool), :3]
-            pred = motion.predict(sensors.index, sensors.timestamp, sensors.world_from_lidar)
+            planned = self._planned.get(object_id)
+            if planned is not None and planned[0] == sensors.index:
+                pred, search = planned[1], 0.0
+            else:  # e.g. a prompted frame: the prediction as it stood
+                p = motion.predict(sensors.index, sensors.timestamp, sensors.world_from_lidar)
+                pred, search = (None, 0.0) if p is None else p
             if pred is not None and len(seg):
-                gate = self.config.gate_factor * support_radius(pred, self.config)
+                gate = self.config.gate_factor * support_radius(pred, self.config) + search
                 idx, _, _ = _near(seg, pred, gate)
                 seg = seg[np.sort(idx)]
             if len(seg) >= self.config.min_observed_points:
@@ -543,9 +591,11 @@ class Reprompter:
 
     def forget(self, object_id: int) -> None:
         self.motions.pop(object_id, None)
+        self._planned.pop(object_id, None)
 
     def clear(self) -> None:
         self.motions.clear()
+        self._planned.clear()
 
     def prune_before(self, frame_index: int) -> None:
         for m in self.motions.values():
