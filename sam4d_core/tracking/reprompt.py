@@ -10,6 +10,10 @@ segment is moved by ``velocity * dt`` (a static object stays exactly where it wa
 only the ego motion moves it in the LiDAR frame) and brought into the current LiDAR frame.
 :func:`derive_prompts` then looks for support and derives the prompts:
 
+- Search: the velocity's uncertainty (``gate_sigma`` standard deviations times the time since
+  the object was last observed: about 1.5 m after one observation, a few cm once the velocity
+  is known) is searched for the horizontal shift of the prediction that the sweep covers best;
+  an object seen once that drives off is found where it went.
 - LiDAR support: current sweep points within the support radius of the predicted segment
   (``support_radius``, or ``range_factor`` times the segment's range when that is larger: a
   LiDAR's rings spread with range, and the next sweep samples a surface elsewhere). The
@@ -31,7 +35,7 @@ only the ego motion moves it in the LiDAR frame) and brought into the current Li
   (coasting at most ``max_coast_s`` on its velocity, then standing still) so that it is picked
   up again when support returns.
 
-Everything here is numpy on the CPU (segments are at most ``max_segment_points`` points) and
+Everything here is numpy / scipy on the CPU (segments are at most ``max_segment_points`` points) and
 knows nothing of the model: the tracker converts :class:`Reprompt` into the decoder's prompts.
 Per-frame snapshots (keyed by the tracker's frame index) let a replay after a prompt on a
 buffered past frame roll the motion back exactly as it rolls back the memory bank.
