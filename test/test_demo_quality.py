@@ -33,15 +33,18 @@ def _projections():
     return camera_projections({"front": _camera_info()}, "lidar", static)
 
 
-def _objects(*ids_presence):
-    from sam4d_ros.msg import TrackedObject, TrackedObjects
+class _OldTrackedObject:
+    """A TrackedObject of a node from before it reported ``lost`` (recordings of older nodes):
+    the fields quality reads, without ``lost``."""
 
-    msg = TrackedObjects()
-    for oid, presence in ids_presence:
-        o = TrackedObject()
-        o.id, o.presence_score = oid, presence
-        msg.objects.append(o)
-    return msg
+    def __init__(self, oid: int, presence: float) -> None:
+        self.id, self.presence_score = oid, presence
+
+
+def _objects(*ids_presence):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(objects=[_OldTrackedObject(o, p) for o, p in ids_presence])
 
 
 def _outputs():
