@@ -30,6 +30,11 @@ only the ego motion moves it in the LiDAR frame) and brought into the current Li
 - Association: an output updates the motion with its mask points within ``gate_factor`` support
   radii of the prediction only (a mask that spills onto a neighbour moves neither the segment nor
   the velocity estimate); the centroid measured is their median.
+- Cross-modal check (``cross_modal_check``): of those, a point that projects into a camera
+  image is kept only when it lands inside the object's mask in one of the cameras that see it
+  (points no camera sees are kept). A LiDAR mask the image masks disagree with (a cross-modal
+  mask from an image click, or a LiDAR click decoded onto the wrong thing) is not re-prompted
+  from.
 - Lost: with a LiDAR sweep, no LiDAR support; without one, no camera sees the prediction. A lost
   object gets no prompts; the tracker reports it lost (absent, presence 0) and keeps predicting
   (coasting at most ``max_coast_s`` on its velocity, then standing still) so that it is picked
@@ -84,6 +89,7 @@ class RepromptConfig:
             this many standard deviations of the velocity times the time since the last
             observation.
         max_search: the search radius is at most this (m).
+        cross_modal_check: keep only the mask points the object's camera masks agree with.
         max_coast_s: a prediction moves on its velocity for at most this long after the last
             observation (s), then stands still.
     """
@@ -105,6 +111,7 @@ class RepromptConfig:
     max_speed: float = 40.0
     gate_sigma: float = 3.0
     max_search: float = 3.0
+    cross_modal_check: bool = True
     max_coast_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -201,6 +208,33 @@ def support_radius(predicted: np.ndarray, config: RepromptConfig) -> float:
         return config.support_radius
     rng = float(np.linalg.norm(np.median(predicted, axis=0)))
     return max(config.support_radius, config.range_factor * rng)
+
+
+def _agreeing(
+    points: np.ndarray, cameras: list[CameraGeometry], masks: Mapping[int, np.ndarray]
+) -> np.ndarray:
+    """(N,) bool: points (N, 3) (LiDAR frame) that no camera of ``masks`` sees, or that land
+    inside the object's mask (slot -> (h, w) bool at any resolution of the camera image) of a
+    camera that sees them."""
+    seen = np.zeros(len(points), bool)
+    inside = np.zeros(len(points), bool)
+    for cam in cameras:
+        m = masks.get(cam.slot)
+        if m is None or len(points) == 0:
+            continue
+        pc = transform_points(cam.cam_from_lidar, points)
+        front = pc[:, 2] > 0.1
+        uvw = pc @ np.asarray(cam.intrinsics, np.float64).T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = uvw[:, :2] / uvw[:, 2:3]
+        h, w = cam.size
+        ok = front & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        mh, mw = m.shape
+        col = np.clip((uv[ok, 0] * mw / w).astype(np.int64), 0, mw - 1)
+        row = np.clip((uv[ok, 1] * mh / h).astype(np.int64), 0, mh - 1)
+        seen[ok] = True
+        inside[np.flatnonzero(ok)[m[row, col]]] = True
+    return ~seen | inside
 
 
 def _near(
@@ -555,9 +589,12 @@ class Reprompter:
         sensors: FrameSensors,
         point_mask: np.ndarray | None,
         presence: float,
+        camera_masks: Mapping[int, np.ndarray] | None = None,
     ) -> bool:
         """Updates the object's motion with its output on a frame: its mask points (N,) bool
-        when present enough and large enough, else a miss. Returns whether it was observed."""
+        when present enough and large enough, else a miss. ``camera_masks``: camera slot ->
+        (h, w) bool mask of the object in that camera (any resolution), for the cross-modal
+        check. Returns whether it was observed."""
         motion = self.motions.setdefault(object_id, ObjectMotion(self.config))
         pts = sensors.points
         if (
@@ -577,6 +614,8 @@ class Reprompter:
                 gate = self.config.gate_factor * support_radius(pred, self.config) + search
                 idx, _, _ = _near(seg, pred, gate)
                 seg = seg[np.sort(idx)]
+            if self.config.cross_modal_check and camera_masks and len(seg):
+                seg = seg[_agreeing(seg, sensors.cameras, camera_masks)]
             if len(seg) >= self.config.min_observed_points:
                 motion.observe(sensors.index, sensors.timestamp, sensors.world_from_lidar, seg)
                 return True

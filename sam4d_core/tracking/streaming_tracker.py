@@ -667,9 +667,16 @@ class StreamingTracker:
             return
         pl = point_logits(bf.features, outs)
         masks = None if pl is None else (pl > self.config.mask_logit_threshold).cpu().numpy()
+        thr = self.config.mask_logit_threshold
         for i, (job, o) in enumerate(zip(jobs, outs, strict=True)):
             presence = 0.0 if o.absent else float(torch.sigmoid(o.object_score.float()))
-            rep.observe(job.state.obj_id, sensors, None if masks is None else masks[i], presence)
+            # Stride-4 camera masks (the decoder's own grid) for the cross-modal check.
+            cams = {}
+            if o.image_logits is not None and not o.absent:
+                low = (o.image_logits > thr).cpu().numpy()
+                cams = {cam: low[row] for row, cam in enumerate(o.camera_ids)}
+            mask = None if masks is None else masks[i]
+            rep.observe(job.state.obj_id, sensors, mask, presence, cams)
         timings["reprompt"] = timings.get("reprompt", 0.0) + (stage_clock() - t0) * 1e3
 
     def _with_lost(
