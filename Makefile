@@ -47,6 +47,10 @@ $(VENV_STAMP): requirements.lock test/env/patch_ros_wheels.py
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock \
 		2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	@# TensorRT 10 type stubs (test_export_runtime type-checks the TensorRT backend); without
+	@# their dependencies: those are the TensorRT libraries, which these machines cannot get.
+	@$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		tensorrt-stubs==10.13.0.35.1 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@$(VENV)/bin/python test/env/patch_ros_wheels.py
 	@touch $@
 

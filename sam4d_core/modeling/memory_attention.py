@@ -495,6 +495,60 @@ class MemoryAttention(nn.Module):
         """
         if image is None and points is None:
             raise ValueError("need image tokens, LiDAR tokens or both")
+        distances: list[torch.Tensor | None] = [None, None]
+        if self.distance_scales is not None:
+            if places is None:
+                raise ValueError("MCMA with distance_scales needs the tokens' places")
+            present = [image is not None, points is not None]
+            found = places.distances(present, memory.shape[1], self.distance_scales)
+            if len(places.memory) != memory.shape[0]:
+                raise ValueError(
+                    f"places of {len(places.memory)} memories for {memory.shape[0]} objects"
+                )
+            it = iter(found)
+            distances = [next(it) if there else None for there in present]
+        return self.forward_with_distances(
+            image,
+            image_pos,
+            points,
+            points_pos,
+            memory,
+            memory_pos,
+            memory_valid,
+            image_valid,
+            points_valid,
+            image_distances=distances[0],
+            points_distances=distances[1],
+        )
+
+    def forward_with_distances(
+        self,
+        image: torch.Tensor | None,
+        image_pos: torch.Tensor | None,
+        points: torch.Tensor | None,
+        points_pos: torch.Tensor | None,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        memory_valid: torch.Tensor | None = None,
+        image_valid: torch.Tensor | None = None,
+        points_valid: torch.Tensor | None = None,
+        image_distances: torch.Tensor | None = None,
+        points_distances: torch.Tensor | None = None,
+        reuse_buffers: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`forward` with the distance-bias inputs already computed (the exported stage).
+
+        Args:
+            image_distances: (B or 1, N_img, L + N_pts) normalised distances of the image queries
+                to [memory; current LiDAR tokens] (:meth:`AttentionPlaces.distances`), required
+                with ``distance_scales`` when ``image`` is given; ``points_distances`` likewise
+                (B or 1, N_pts, L + N_img).
+            reuse_buffers: without gradients, write the logit bias into one buffer per query
+                reused by every layer (in-place ``out=``; off for ONNX export).
+            The rest as in :meth:`forward`.
+        """
+        if image is None and points is None:
+            raise ValueError("need image tokens, LiDAR tokens or both")
         if self.pos_scale != 1.0:
             s = self.pos_scale
             image_pos = None if image_pos is None else image_pos * s
@@ -520,15 +574,12 @@ class MemoryAttention(nn.Module):
             extra = [queries[1], queries[0]]
         distances: list[torch.Tensor | None] = [None] * len(queries)
         if self.distance_scales is not None:
-            if places is None:
-                raise ValueError("MCMA with distance_scales needs the tokens' places")
-            distances = places.distances(
-                [image is not None, points is not None], memory.shape[1], self.distance_scales
-            )
-            if len(places.memory) != b:
-                raise ValueError(f"places of {len(places.memory)} memories for {b} objects")
+            given = [image_distances, points_distances]
+            distances = [d for d, t in zip(given, (image, points), strict=True) if t is not None]
+            if any(d is None for d in distances):
+                raise ValueError("MCMA with distance_scales needs the distances of every query")
         buffers: list[torch.Tensor | None] = [None] * len(queries)
-        if not torch.is_grad_enabled():
+        if reuse_buffers and not torch.is_grad_enabled():
             heads = self.layers[0].cross_attn_image.num_heads
             buffers = [
                 None if d is None else d.new_empty(d.shape[0], heads, *d.shape[1:])

@@ -73,6 +73,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -696,6 +697,8 @@ class SAM4D(nn.Module):
             no_obj_embed_spatial=cfg.no_obj_embed_spatial,
         )
         self.ego_pose_encoder = EgoPoseEncoder(d) if cfg.encode_ego_pose_in_mem else None
+        # The runtime of the dense stages (sam4d_core.runtime.install_runtime); None: PyTorch.
+        self.stage_runtime: Any = None
 
     # ------------------------------------------------------------------ component access
     @property
@@ -821,14 +824,18 @@ class SAM4D(nn.Module):
             device=device,
             exact_release=self.config.image.exact_release,
         ).to(self.no_mem_embed.dtype)
-        fpn = enc(batch)["backbone_fpn"]
-        if len(fpn) != 3:
-            raise ValueError(
-                f"the image encoder must give 3 levels (strides 4, 8, 16), got {len(fpn)}"
-            )
-        decoder = self.sam_head.sam_mask_decoder
-        # Projected once per frame, shared by every object and click (as released).
-        high_res = decoder.project_image_high_res(fpn[0], fpn[1])
+        if self.stage_runtime is not None:
+            tokens, *high_res = self.stage_runtime.image_encoder(batch)
+        else:
+            fpn = enc(batch)["backbone_fpn"]
+            if len(fpn) != 3:
+                raise ValueError(
+                    f"the image encoder must give 3 levels (strides 4, 8, 16), got {len(fpn)}"
+                )
+            decoder = self.sam_head.sam_mask_decoder
+            # Projected once per frame, shared by every object and click (as released).
+            high_res = decoder.project_image_high_res(fpn[0], fpn[1])
+            tokens = fpn[2]
         K = scale_intrinsics(
             torch.stack([_as_tensor(k, torch.float64, device) for k in intrinsics]).float(),
             list(sizes),
@@ -840,9 +847,9 @@ class SAM4D(nn.Module):
         return ImageFeatures(
             camera_ids=camera_ids,
             camera_sizes=sizes,
-            tokens=fpn[2],
+            tokens=tokens,
             high_res=high_res,
-            pe=pe.to(fpn[2].dtype),
+            pe=pe.to(tokens.dtype),
             K=K,
             lidar_from_cam=lidar_from_cam,
         )
@@ -1028,8 +1035,8 @@ class SAM4D(nn.Module):
                 places = None
                 if now is not None:
                     places = dataclasses.replace(now, memory=[[unplaced(1)]] * len(without))
-                ia, pa = self.memory_attention(
-                    cur_img, cur_img_pos, cur_pts, cur_pts_pos, mem, pos, places=places
+                ia, pa = self._attend(
+                    cur_img, cur_img_pos, cur_pts, cur_pts_pos, mem, pos, None, places
                 )
                 if out_img is not None:
                     out_img[idx] = ia.to(out_img.dtype)
@@ -1048,8 +1055,8 @@ class SAM4D(nn.Module):
                 selected = [memories[i] for i in with_mem]
                 mem_places = self.memory_places(features.geometry, selected)  # type: ignore[arg-type]
                 places = dataclasses.replace(now, memory=mem_places)
-            ia, pa = self.memory_attention(
-                cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid, places=places
+            ia, pa = self._attend(
+                cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid, places
             )
             if out_img is not None:
                 out_img[idx] = ia.to(out_img.dtype)
@@ -1062,6 +1069,49 @@ class SAM4D(nn.Module):
             n, _, h, w = img.tokens.shape
             img_out = out_img.reshape(b, n, h * w, c).transpose(2, 3).reshape(b, n, c, h, w)
         return img_out, out_pts
+
+    def _attend(
+        self,
+        cur_img: torch.Tensor | None,
+        cur_img_pos: torch.Tensor | None,
+        cur_pts: torch.Tensor | None,
+        cur_pts_pos: torch.Tensor | None,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        valid: torch.Tensor | None,
+        places: AttentionPlaces | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """MCMA on the configured runtime (its graph covers frames with both modalities)."""
+        rt = self.stage_runtime
+        ma = self.memory_attention
+        if rt is None or cur_img is None or cur_pts is None:
+            if rt is not None:
+                rt.note_fallback("memory attention on a frame with one modality")
+            return ma(
+                cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid, places=places
+            )
+        b, length = memory.shape[:2]
+        inputs = {
+            "image": cur_img,
+            "image_pos": cur_img_pos,
+            "points": cur_pts,
+            "points_pos": cur_pts_pos,
+            "memory": memory,
+            "memory_pos": memory_pos,
+            "memory_valid": (
+                torch.ones(b, length, dtype=torch.bool, device=memory.device)
+                if valid is None
+                else valid
+            ),
+        }
+        if ma.distance_scales is not None:
+            if places is None:
+                raise ValueError("MCMA with distance_scales needs the tokens' places")
+            d_img, d_pts = places.distances([True, True], length, ma.distance_scales)
+            inputs["image_distances"] = d_img.expand(b, -1, -1)
+            inputs["points_distances"] = d_pts.expand(b, -1, -1)
+        ia, pa = rt.memory_attention(**inputs)  # type: ignore[arg-type]
+        return ia, pa
 
     def _memory_motion(
         self, geometry: FrameGeometry, current_pose: torch.Tensor
@@ -1433,15 +1483,28 @@ class SAM4D(nn.Module):
                     sparse, val = torch.cat(parts, dim=1), torch.cat(valid, dim=1)
                 else:
                     sparse, val = e.sparse, e.valid
-                dec = decoder.forward_image(
-                    image_tokens[:, ci],
-                    img.pe[ci : ci + 1],
-                    sparse,
-                    e.dense,
-                    multimask,
-                    [img.high_res[0][ci : ci + 1], img.high_res[1][ci : ci + 1]],
-                    val,
-                )
+                hr = [img.high_res[0][ci : ci + 1], img.high_res[1][ci : ci + 1]]
+                if self.stage_runtime is not None:
+                    raw = self.stage_runtime.mask_decoder_image(
+                        image_embeddings=image_tokens[:, ci],
+                        image_pe=img.pe[ci : ci + 1],
+                        sparse=sparse,
+                        dense=e.dense.expand(sparse.shape[0], -1, -1, -1),
+                        high_res_0=hr[0],
+                        high_res_1=hr[1],
+                        sparse_valid=val,
+                    )
+                    dec = decoder._select(*raw, multimask)
+                else:
+                    dec = decoder.forward_image(
+                        image_tokens[:, ci],
+                        img.pe[ci : ci + 1],
+                        sparse,
+                        e.dense,
+                        multimask,
+                        hr,
+                        val,
+                    )
                 results["img"].append(head._postprocess(dec, multimask))
         if lid is not None and lidar_tokens is not None and pts_emb is not None:
             sparse, val = pts_emb.sparse, pts_emb.valid
@@ -1456,16 +1519,33 @@ class SAM4D(nn.Module):
                     parts.append(e.sparse)
                     valid.append(e.valid & include[:, ci : ci + 1])
                 sparse, val = torch.cat(parts, dim=1), torch.cat(valid, dim=1)
-            dec = decoder.forward_lidar(
-                lidar_tokens,
-                lid.pe,
-                sparse,
-                pts_emb.dense,
-                multimask,
-                lid.hierarchy,
-                lid.high_res,
-                val,
-            )
+            if self.stage_runtime is not None:
+                hier = lid.hierarchy
+                raw = self.stage_runtime.mask_decoder_lidar(
+                    token_embeddings=lidar_tokens,
+                    token_pe=lid.pe.reshape(1, *lid.pe.shape[-2:]),
+                    sparse=sparse,
+                    dense=pts_emb.dense.expand(sparse.shape[0], -1, -1),
+                    parent_s8=hier.parent_s8,
+                    offset_s8=hier.offset_s8,
+                    parent_s4=hier.parent_s4,
+                    offset_s4=hier.offset_s4,
+                    high_res_0=lid.high_res[0],
+                    high_res_1=lid.high_res[1],
+                    sparse_valid=val,
+                )
+                dec = decoder._select(*raw, multimask)
+            else:
+                dec = decoder.forward_lidar(
+                    lidar_tokens,
+                    lid.pe,
+                    sparse,
+                    pts_emb.dense,
+                    multimask,
+                    lid.hierarchy,
+                    lid.high_res,
+                    val,
+                )
             results["pts"].append(head._postprocess(dec, multimask))
         return results
 
@@ -1653,12 +1733,17 @@ class SAM4D(nn.Module):
                 cfg.sigmoid_bias_for_mem_enc,
                 binarize,
             ).to(img.tokens.dtype)
-            m = enc.mask_downsampler(m_in)
-            # The feature projection is object independent: once per camera, then broadcast
-            # (ImageMemoryEncoder.forward, split to batch objects x cameras).
-            proj = enc.pix_feat_proj(img.tokens)  # (Ncam, C, h, w)
-            x = (proj[None] + m.reshape(b, ncam, *m.shape[1:])).flatten(0, 1)
-            x = enc.out_proj(enc.fuser(x))
+            if self.stage_runtime is not None:
+                x = self.stage_runtime.image_memory_encoder(
+                    img.tokens, m_in.reshape(b, ncam, *self.image_size)
+                ).flatten(0, 1)
+            else:
+                m = enc.mask_downsampler(m_in)
+                # The feature projection is object independent: once per camera, then
+                # broadcast (ImageMemoryEncoder.forward, split to batch objects x cameras).
+                proj = enc.pix_feat_proj(img.tokens)  # (Ncam, C, h, w)
+                x = (proj[None] + m.reshape(b, ncam, *m.shape[1:])).flatten(0, 1)
+                x = enc.out_proj(enc.fuser(x))
             if cfg.no_obj_embed_spatial:
                 x = add_no_object_embedding(
                     x,

@@ -61,6 +61,7 @@ from sam4d_core.modeling.sam4d_base import (
     ObjectPrompts,
     stage_clock,
 )
+from sam4d_core.runtime.model_runtime import install_runtime
 from sam4d_core.tracking.engine import (
     ObjectFrameOutput,
     ObjectJob,
@@ -129,6 +130,13 @@ class TrackerConfig:
             clicks and camera boxes beside its memory, and an object whose prediction finds no
             support is reported lost (absent, not run). False: memory only (the SAM4D protocol).
         reprompt_config: settings of the motion model and the prompt derivation.
+        runtime: where the model's dense stages run: "torch" (PyTorch eager), "onnxruntime" or
+            "tensorrt" (:mod:`sam4d_core.runtime`); the rest of the step is the same.
+        onnx_dir: the ONNX export of this model (``python -m sam4d_export onnx``), for
+            "onnxruntime" and "tensorrt".
+        runtime_threads: ONNX Runtime intra-op threads (0: its default).
+        engine_dir: TensorRT engine cache (None: ``<onnx_dir>/engines``).
+        trt_precision: TensorRT precision: "fp32", "fp16" or "bf16".
     """
 
     frame_buffer_s: float = 2.0
@@ -144,6 +152,11 @@ class TrackerConfig:
     device: str | None = None
     reprompt: bool = False
     reprompt_config: RepromptConfig = field(default_factory=RepromptConfig)
+    runtime: str = "torch"
+    onnx_dir: str | None = None
+    runtime_threads: int = 0
+    engine_dir: str | None = None
+    trt_precision: str = "fp16"
 
     def __post_init__(self) -> None:
         if self.frame_buffer_s < 0 or self.stamp_tolerance_s < 0 or self.max_prompt_lead_s < 0:
@@ -222,6 +235,14 @@ class StreamingTracker:
         if cfg.device is not None:
             model = model.to(cfg.device)
         self.model = model.eval()
+        self.runtime = install_runtime(
+            model,
+            cfg.runtime,
+            cfg.onnx_dir,
+            threads=cfg.runtime_threads,
+            engine_dir=cfg.engine_dir,
+            precision=cfg.trt_precision,
+        )
         mem = model.config.memory
         overrides: dict[str, int] = {}
         if cfg.num_maskmem is not None:

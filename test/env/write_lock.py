@@ -41,7 +41,9 @@ def main() -> int:
     lines = [
         f"{name}=={version}"
         for key, (name, version) in sorted(pins.items())
-        if key not in ros_inner and key not in {"pip", "setuptools", "wheel"}
+        # tensorrt-stubs is installed by the Makefile with --no-deps (its dependencies are the
+        # TensorRT libraries, not installable here): a pin here would make pip resolve them.
+        if key not in ros_inner and key not in {"pip", "setuptools", "wheel", "tensorrt-stubs"}
     ]
     Path(sys.argv[1] if len(sys.argv) > 1 else "requirements.lock").write_text(
         HEADER + "\n".join(lines) + "\n"

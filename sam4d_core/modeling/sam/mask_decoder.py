@@ -300,6 +300,31 @@ class MaskDecoder(nn.Module):
         Returns:
             :class:`DecoderOutput` with masks (B, M, 4h, 4w).
         """
+        raw = self.forward_image_raw(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            high_res_features,
+            sparse_valid,
+        )
+        return self._select(*raw, multimask_output)
+
+    def forward_image_raw(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        high_res_features: Sequence[torch.Tensor] | None = None,
+        sparse_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_image` before the multimask selection (the exported decoder stage).
+
+        Returns:
+            masks (B, 4, 4h, 4w), iou_pred (B, 4), mask tokens (B, 4, C), object score logits
+            (B, 1); :meth:`_select` makes a :class:`DecoderOutput` of them.
+        """
         b = sparse_prompt_embeddings.shape[0]
         src = expand_batch(image_embeddings, b) + dense_prompt_embeddings
         _, c, h, w = src.shape
@@ -320,7 +345,7 @@ class MaskDecoder(nn.Module):
         hyper_in, iou_pred, mask_tokens_out, obj_logits = self._token_heads(hs)
         _, cu, hu, wu = up.shape
         masks = (hyper_in @ up.reshape(b, cu, hu * wu)).reshape(b, -1, hu, wu)
-        return self._select(masks, iou_pred, mask_tokens_out, obj_logits, multimask_output)
+        return masks, iou_pred, mask_tokens_out, obj_logits
 
     def forward_lidar(
         self,
@@ -350,27 +375,65 @@ class MaskDecoder(nn.Module):
         Returns:
             :class:`DecoderOutput` with masks (B, M, N4).
         """
+        raw = self.forward_lidar_raw(
+            token_embeddings,
+            token_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            hierarchy.parent_s8,
+            hierarchy.offset_s8,
+            hierarchy.parent_s4,
+            hierarchy.offset_s4,
+            high_res_features,
+            sparse_valid,
+            missing_s8=hierarchy.missing_s8,
+            missing_s4=hierarchy.missing_s4,
+        )
+        return self._select(*raw, multimask_output)
+
+    def forward_lidar_raw(
+        self,
+        token_embeddings: torch.Tensor,
+        token_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        parent_s8: torch.Tensor,
+        offset_s8: torch.Tensor,
+        parent_s4: torch.Tensor,
+        offset_s4: torch.Tensor,
+        high_res_features: Sequence[torch.Tensor] | None = None,
+        sparse_valid: torch.Tensor | None = None,
+        missing_s8: bool = False,
+        missing_s4: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_lidar` before the multimask selection, with the voxel hierarchy as
+        plain index tensors (:class:`VoxelHierarchy` fields; the exported LiDAR decoder stage).
+        ``missing_s8`` / ``missing_s4``: some parent is -1 (exact-release mode; the exported
+        stage always takes that path, which gives the same values when none is).
+
+        Returns:
+            masks (B, 4, N4), iou_pred (B, 4), mask tokens (B, 4, C), object score logits (B, 1).
+        """
         b = sparse_prompt_embeddings.shape[0]
         src = expand_batch(token_embeddings, b) + dense_prompt_embeddings
         pe = token_pe if token_pe.dim() == 3 else token_pe.unsqueeze(0)
         tokens, valid = self._output_tokens(sparse_prompt_embeddings, sparse_valid)
         hs, src = self.transformer(src, pe, tokens, valid)
         dc1, bn, act1, dc2, act2 = self.output_upscaling_pts
-        h = hierarchy
-        up = dc1(src, h.parent_s8, h.offset_s8, h.missing_s8)  # (B, N8, C/4)
+        up = dc1(src, parent_s8, offset_s8, missing_s8)  # (B, N8, C/4)
         if self.use_high_res_features:
             if high_res_features is None:
                 raise ValueError("use_high_res_features needs the projected stride-4/8 features")
             feat_s0, feat_s1 = high_res_features
             up = up + feat_s1
         up = act1(batch_norm_objects(bn, up))
-        up = dc2(up, h.parent_s4, h.offset_s4, h.missing_s4)  # (B, N4, C/8)
+        up = dc2(up, parent_s4, offset_s4, missing_s4)  # (B, N4, C/8)
         if self.use_high_res_features:
             up = up + feat_s0
         up = act2(up)
         hyper_in, iou_pred, mask_tokens_out, obj_logits = self._token_heads(hs)
         masks = hyper_in @ up.transpose(1, 2)  # (B, 4, N4)
-        return self._select(masks, iou_pred, mask_tokens_out, obj_logits, multimask_output)
+        return masks, iou_pred, mask_tokens_out, obj_logits
 
 
 __all__ = ["MODALITIES", "DecoderOutput", "MaskDecoder"]
