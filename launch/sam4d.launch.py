@@ -31,6 +31,8 @@ PARAMETER_ARGUMENTS = {
     "model_config": "model.config",
     "checkpoint": "model.checkpoint",
     "device": "model.device",
+    "runtime": "model.runtime",
+    "onnx_dir": "model.onnx_dir",
 }
 # Arguments that expand into several parameters (per camera).
 CAMERA_ARGUMENTS = {
@@ -53,6 +55,10 @@ ARGUMENTS = [
     ("model_config", "", "Model configuration name or .json file; empty = from the checkpoint."),
     ("checkpoint", "", "Model checkpoint file; empty = the bundled default model."),
     ("device", "", "Torch device: auto, cpu, cuda or cuda:N; empty = from the parameter file."),
+    ("runtime", "", "Where the model runs: torch, onnxruntime or tensorrt; empty = from the "
+                    "parameter file."),
+    ("onnx_dir", "", "ONNX export of the model (python -m sam4d_export onnx) for onnxruntime / "
+                     "tensorrt; empty = from the parameter file."),
     ("use_sim_time", "false", "Use /clock (true when replaying a bag with --clock)."),
     ("namespace", "", "Namespace of the node."),
     ("log_level", "info", "Log level of the node (debug, info, warn, error)."),

@@ -172,6 +172,10 @@ def tracker_config(params: NodeParameters, model: Any) -> Any:
             params.max_object_pointers, max(int(mem.max_obj_ptrs_in_encoder), 1)
         ),
         reprompt=params.reprompt,
+        runtime=params.runtime,
+        onnx_dir=params.onnx_dir or None,
+        runtime_threads=params.num_threads,
+        trt_precision=params.trt_precision,
     )
 
 
@@ -384,8 +388,9 @@ class Sam4dNode(Node):
         self._budget = BudgetWatch(p.processing_budget_ms)
         log.info(
             f"loading model (config '{p.model_config or 'from the checkpoint'}', checkpoint "
-            f"{p.model_checkpoint}, device {p.device})"
+            f"{p.model_checkpoint}, device {p.device}, runtime {p.runtime})"
         )
+        from sam4d_core.runtime.manifest import RuntimeSetupError
         from sam4d_core.tracking.streaming_tracker import StreamingTracker
 
         if p.num_threads > 0:
@@ -394,7 +399,10 @@ class Sam4dNode(Node):
             torch.set_num_threads(p.num_threads)
         t0 = time.monotonic()
         self.model = load_model(p)
-        self.tracker = StreamingTracker(self.model, tracker_config(p, self.model))
+        try:
+            self.tracker = StreamingTracker(self.model, tracker_config(p, self.model))
+        except RuntimeSetupError as e:  # model.runtime: a package, file or export mismatch
+            raise NodeStartupError(f"model.runtime '{p.runtime}': {e}") from e
         n_params = sum(int(v.numel()) for v in self.model.parameters())
         self._model_summary = (
             f"{self.model.config.name} ({n_params / 1e6:.2f} M parameters) from "

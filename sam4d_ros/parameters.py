@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from sam4d_core.runtime import RUNTIMES, runtime_setup_problems
 from sam4d_core.weights import BUNDLED_MODEL
 
 __all__ = [
@@ -174,6 +175,16 @@ def global_parameter_specs() -> list[ParamSpec]:
            "CPU threads of torch (intra-op); 0 = torch's default (all cores). Set it when other "
            "processes share the cores: oversubscribed OpenMP threads slow inference down "
            "many times.", range=(0, 256)),
+        _g("model.runtime", "torch",
+           "Where the model's dense stages run: torch (PyTorch eager), onnxruntime or tensorrt "
+           "(both need model.onnx_dir; python -m sam4d_export onnx makes it).",
+           choices=RUNTIMES, read_only=True),
+        _g("model.onnx_dir", "",
+           "ONNX export of the model (manifest.json + one file per stage) for the onnxruntime "
+           "and tensorrt runtimes; TensorRT engines are cached in its engines/ folder.",
+           read_only=True),
+        _g("model.trt_precision", "fp16", "TensorRT engine precision: fp32, fp16 or bf16.",
+           choices=("fp32", "fp16", "bf16"), read_only=True),
         # -------------------------------------------------------------- tracker
         _g("tracker.presence_threshold", 0.5,
            "Object-presence probability below which an object counts as absent in a sweep (no "
@@ -421,6 +432,9 @@ class NodeParameters:
     processing_budget_ms: float
     diagnostics_period_s: float
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    runtime: str = "torch"
+    onnx_dir: str = ""
+    trt_precision: str = "fp16"
 
     @property
     def camera_names(self) -> list[str]:
@@ -789,6 +803,11 @@ def validate_parameters(
         device = resolve_device(v["model.device"], cuda_device_count)
     except ValueError as e:
         problems.append(f"model.device: {e}")
+    onnx_dir = os.path.expanduser(v["model.onnx_dir"])
+    problems += [
+        f"model.runtime: {p}"
+        for p in runtime_setup_problems(v["model.runtime"], onnx_dir, check_files)
+    ]
 
     if problems:
         raise ParameterError(problems)
@@ -809,6 +828,9 @@ def validate_parameters(
         model_checkpoint=checkpoint,
         device=device,
         num_threads=v["model.num_threads"],
+        runtime=v["model.runtime"],
+        onnx_dir=onnx_dir,
+        trt_precision=v["model.trt_precision"],
         presence_threshold=v["tracker.presence_threshold"],
         mask_threshold=v["tracker.mask_threshold"],
         frame_buffer_s=v["tracker.frame_buffer_s"],

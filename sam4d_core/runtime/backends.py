@@ -15,10 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sam4d_core.runtime import RUNTIMES  # noqa: E402 - re-exported
 from sam4d_core.runtime.manifest import RuntimeSetupError
-
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")
-"""The runtimes a tracker can run its stages on."""
 
 
 class StageBackend(Protocol):
