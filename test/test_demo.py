@@ -289,6 +289,9 @@ def test_the_cli_rejects_bad_options_before_starting_anything(tmp_path) -> None:
     assert bad.returncode == 2 and "--rate must be a positive number" in bad.stderr
     bad = _demo("--bag", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+    bad = _demo("--runtime", "onnxruntime", "--onnx-dir", str(tmp_path / "no_export"),
+                "--out", str(tmp_path / "x"))  # fmt: skip
+    assert bad.returncode == 2 and "python -m sam4d_export onnx" in bad.stderr, bad.stderr
     assert not (tmp_path / "x").exists()
 
 

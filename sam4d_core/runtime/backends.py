@@ -106,6 +106,9 @@ class OnnxRuntimeStage:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: the PyTorch stages between two ONNX Runtime calls (LiDAR
+        # encoder, UMPE) need the same few cores, and spinning pool threads take them away.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = onnxruntime_providers(device, tensorrt_ep)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=self.providers)

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help=f"torch CPU threads of the node, 0 = all cores "
                    f"(default {DEFAULT_THREADS})")  # fmt: skip
+    p.add_argument("--runtime", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
+                   help="where the model's dense stages run (node parameter model.runtime; "
+                   "default torch)")  # fmt: skip
+    p.add_argument("--onnx-dir", type=Path, default=None,
+                   help="ONNX export of the checkpoint for --runtime onnxruntime / tensorrt "
+                   "(python -m sam4d_export onnx; default .build/onnx/<checkpoint "
+                   "name>)")  # fmt: skip
     p.add_argument("--params-file", type=Path, default=None,
                    help="extra ROS parameter file for sam4d_node (wins over the "
                    "demo's)")  # fmt: skip
@@ -170,6 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     else:
         checkpoint = args.checkpoint.resolve()
+    if args.runtime != "torch":
+        args.onnx_dir = (args.onnx_dir or Path(".build") / "onnx" / checkpoint.stem).resolve()
+        if not (args.onnx_dir / "manifest.json").is_file():
+            print(
+                f"error: --runtime {args.runtime} needs the ONNX export of {checkpoint} in "
+                f"{args.onnx_dir}: python -m sam4d_export onnx --checkpoint {checkpoint} "
+                f"--out {args.onnx_dir}",
+                file=sys.stderr,
+            )
+            return 2
     out = Path(args.out) if args.out is not None else new_run_folder(DEFAULT_OUT)
     args.out = out
     out.mkdir(parents=True, exist_ok=True)

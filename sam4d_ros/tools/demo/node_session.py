@@ -44,6 +44,8 @@ def node_parameters(info: BagInfo, args: argparse.Namespace) -> dict[str, Any]:
         "model.checkpoint": str(args.checkpoint) if args.checkpoint else "",
         "model.device": args.device,
         "model.num_threads": int(args.threads),
+        "model.runtime": getattr(args, "runtime", "torch"),
+        "model.onnx_dir": str(getattr(args, "onnx_dir", None) or ""),
         # The player publishes reliably over loopback: a reliable subscription loses no sweep.
         "qos.sensor_reliability": "reliable",
         # Outputs kept for a lost fragment's repair until the recorder has them (large images).
