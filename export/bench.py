@@ -165,6 +165,9 @@ def format_table(res: dict[str, Any]) -> str:
     for key, label in STAGES:
         a, b = tm["torch"][key], tm["onnxruntime"][key]
         lines.append(f"| {label} | {a:.1f} | {b:.1f} | {a / b if b else float('nan'):.2f}x |")
+    a = tm["torch"]["total"] - tm["torch"]["lidar_encoder"]
+    b = tm["onnxruntime"]["total"] - tm["onnxruntime"]["lidar_encoder"]
+    lines.append(f"| step without the LiDAR encoder | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
     ag = res["agreement"]
     lines += [
         "",
