@@ -1081,37 +1081,11 @@ class SAM4D(nn.Module):
         valid: torch.Tensor | None,
         places: AttentionPlaces | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """MCMA on the configured runtime (its graph covers frames with both modalities)."""
-        rt = self.stage_runtime
-        ma = self.memory_attention
-        if rt is None or cur_img is None or cur_pts is None:
-            if rt is not None:
-                rt.note_fallback("memory attention on a frame with one modality")
-            return ma(
-                cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid, places=places
-            )
-        b, length = memory.shape[:2]
-        inputs = {
-            "image": cur_img,
-            "image_pos": cur_img_pos,
-            "points": cur_pts,
-            "points_pos": cur_pts_pos,
-            "memory": memory,
-            "memory_pos": memory_pos,
-            "memory_valid": (
-                torch.ones(b, length, dtype=torch.bool, device=memory.device)
-                if valid is None
-                else valid
-            ),
-        }
-        if ma.distance_scales is not None:
-            if places is None:
-                raise ValueError("MCMA with distance_scales needs the tokens' places")
-            d_img, d_pts = places.distances([True, True], length, ma.distance_scales)
-            inputs["image_distances"] = d_img.expand(b, -1, -1)
-            inputs["points_distances"] = d_pts.expand(b, -1, -1)
-        ia, pa = rt.memory_attention(**inputs)  # type: ignore[arg-type]
-        return ia, pa
+        """MCMA, on the configured runtime when there is one (sam4d_core.runtime)."""
+        args = (cur_img, cur_img_pos, cur_pts, cur_pts_pos, memory, memory_pos, valid, places)
+        if self.stage_runtime is not None:
+            return self.stage_runtime.attend(self.memory_attention, *args)
+        return self.memory_attention(*args[:7], places=places)
 
     def _memory_motion(
         self, geometry: FrameGeometry, current_pose: torch.Tensor

@@ -29,6 +29,7 @@ from sam4d_core.runtime.manifest import Manifest, RuntimeSetupError, sha256_file
 from sam4d_core.runtime.stages import STAGE_NAMES, stage_module, stage_specs
 
 if TYPE_CHECKING:
+    from sam4d_core.modeling.memory_attention import AttentionPlaces, MemoryAttention
     from sam4d_core.modeling.sam4d_base import SAM4D
 
 LOG = logging.getLogger(__name__)
@@ -61,6 +62,51 @@ class ModelRuntime:
     def memory_attention(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
         """MCMA of a multi-modal frame -> [image_out (B, Ni, C), points_out (B, Np, C)]."""
         return self._run("memory_attention", **inputs)
+
+    def attend(
+        self,
+        attention: MemoryAttention,
+        image: torch.Tensor | None,
+        image_pos: torch.Tensor | None,
+        points: torch.Tensor | None,
+        points_pos: torch.Tensor | None,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        valid: torch.Tensor | None,
+        places: AttentionPlaces | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`MemoryAttention.forward` (same arguments) on this runtime: the distance tables
+        are computed here in PyTorch (Python-side token bookkeeping) and passed to the graph; a
+        frame with one modality runs ``attention`` itself (the graph is the multi-modal one)."""
+        if image is None or points is None:
+            self.note_fallback("memory attention on a frame with one modality")
+            return attention(
+                image, image_pos, points, points_pos, memory, memory_pos, valid, places=places
+            )
+        b, length = memory.shape[:2]
+        inputs = {
+            "image": image,
+            "image_pos": image_pos,
+            "points": points,
+            "points_pos": points_pos,
+            "memory": memory,
+            "memory_pos": memory_pos,
+            # All True = no padding (PyTorch's None).
+            "memory_valid": (
+                torch.ones(b, length, dtype=torch.bool, device=memory.device)
+                if valid is None
+                else valid
+            ),
+        }
+        if attention.distance_scales is not None:
+            if places is None:
+                raise ValueError("MCMA with distance_scales needs the tokens' places")
+            d_img, d_pts = places.distances([True, True], length, attention.distance_scales)
+            # The graph takes per-object tables (no broadcasting axis in its signature).
+            inputs["image_distances"] = d_img.expand(b, -1, -1)
+            inputs["points_distances"] = d_pts.expand(b, -1, -1)
+        ia, pa = self.memory_attention(**inputs)  # type: ignore[arg-type]
+        return ia, pa
 
     def mask_decoder_image(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
         """-> [masks (B, 4, 4h, 4w), iou_pred, mask_tokens, object_score_logits]."""
