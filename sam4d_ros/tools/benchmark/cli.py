@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="runtimes to compare side by side (node parameter model.runtime); default torch",
     )
     p.add_argument(
+        "--onnx-dir",
+        type=Path,
+        default=None,
+        help="the exported model for onnxruntime / tensorrt (python -m sam4d_export onnx "
+        "--checkpoint CK --out DIR; node parameter model.onnx_dir)",
+    )
+    p.add_argument(
         "--rates",
         type=float,
         nargs="+",
