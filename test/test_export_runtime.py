@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from export.onnx_export import compare_stage, export_onnx, scatter_ops
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.synthetic import generate_sequence, make_config
 from sam4d_core.modeling.configs import get_config
@@ -29,6 +28,7 @@ from sam4d_core.runtime.model_runtime import install_runtime
 from sam4d_core.runtime.stages import STAGE_NAMES, example_inputs
 from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
 from sam4d_core.tracking.streaming_tracker import StreamingTracker, TrackerConfig
+from sam4d_export.onnx_export import compare_stage, export_onnx, scatter_ops
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements.lock")
 torch.set_num_threads(1)
@@ -69,6 +69,8 @@ def test_manifest(model: SAM4D, export_dir: Path) -> None:
     assert data["opset"] >= 18
     assert data["config_hash"] == config_hash(model.config)
     assert data["exact_release"] == {
+        "image.exact_release": False,
+        "point.exact_release": False,
         "umpe.released_frequency_quirk": False,
         "head.released_prompt_order": True,
     }

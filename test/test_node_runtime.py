@@ -34,8 +34,8 @@ def export(tmp_path_factory):
     """The tiny checkpoint and its ONNX export."""
     import torch
 
-    from export.onnx_export import export_onnx
     from sam4d_core.build_sam import build_sam4d
+    from sam4d_export.onnx_export import export_onnx
 
     tmp = tmp_path_factory.mktemp("node_runtime")
     ckpt = make_tiny_checkpoint(tmp / "tiny.pt")

@@ -45,14 +45,15 @@ def config_hash(config: SAM4DConfig) -> str:
 
 
 def exact_release_flags(config: SAM4DConfig) -> dict[str, Any]:
-    """Every config field named ``released_*`` (the exact-release switches), by dotted path."""
+    """Every exact-release switch of the config (fields named ``exact_release`` or
+    ``released_*``), by dotted path."""
     out: dict[str, Any] = {}
 
     def walk(d: dict[str, Any], prefix: str) -> None:
         for k, v in d.items():
             if isinstance(v, dict):
                 walk(v, f"{prefix}{k}.")
-            elif k.startswith("released_"):
+            elif k == "exact_release" or k.startswith("released_"):
                 out[f"{prefix}{k}"] = v
 
     walk(config_to_dict(config), "")
