@@ -20,6 +20,7 @@ from typing import Any
 from sam4d_ros.tools.benchmark.stats import LatencyBook
 from sam4d_ros.tools.demo.bag_info import BagInfo
 from sam4d_ros.tools.demo.node_session import NODE
+from sam4d_ros.tools.spinner import NodeSpinner
 
 __all__ = ["STAGE_TOPIC", "Monitor", "TrialData"]
 
@@ -52,7 +53,6 @@ class Monitor:
 
     def __init__(self, context: Any, info: BagInfo) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -96,30 +96,12 @@ class Monitor:
                 CameraInfo, c.info_topic, self._input_callback(c.name), qos, raw=True
             )
             self._info_pubs[c.name] = n.create_publisher(CameraInfo, c.info_topic, qos)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(n)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, name="bench_monitor", daemon=True)
-        self._thread.start()
+        self._spinner = NodeSpinner(n, context, "bench_monitor")
 
     # -- spinning
 
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutting down
-                if self._stop.is_set() or not self.node.context.ok():
-                    return
-                raise
-
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-        with contextlib.suppress(Exception):
-            self.executor.shutdown(timeout_sec=1.0)
-        with contextlib.suppress(Exception):
-            self.node.destroy_node()
+        self._spinner.close()
 
     # -- trials
 

@@ -6,7 +6,6 @@ prompt messages sent to it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from sam4d_ros.tools.demo.bag_info import STAMP_MATCH_NS, BagInfo
 from sam4d_ros.tools.demo.errors import DemoError
 from sam4d_ros.tools.demo.prompts import ScheduledPrompt
 from sam4d_ros.tools.processes import interrupt
+from sam4d_ros.tools.spinner import NodeSpinner
 
 __all__ = [
     "NODE",
@@ -102,7 +102,6 @@ class DemoSession:
 
     def __init__(self, context: Any, info: BagInfo) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, PointCloud2
@@ -133,20 +132,7 @@ class DemoSession:
                 CameraInfo, c.info_topic, self._input_callback(c.name), qos, raw=True
             )
             self._info_pubs[c.name] = self.node.create_publisher(CameraInfo, c.info_topic, qos)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="demo_spin", daemon=True)
-        self._stop = threading.Event()
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutting down
-                if self._stop.is_set() or not self.node.context.ok():
-                    return
-                raise
+        self._spinner = NodeSpinner(self.node, context, "demo_spin")
 
     def _input_callback(self, key: str) -> Any:
         from sam4d_ros.tools.bag_interop import header_stamp_ns
@@ -227,12 +213,7 @@ class DemoSession:
         return future.result()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-        with contextlib.suppress(Exception):
-            self.executor.shutdown(timeout_sec=1.0)
-        with contextlib.suppress(Exception):
-            self.node.destroy_node()
+        self._spinner.close()
 
 
 def prompt_message(p: ScheduledPrompt) -> Any:
