@@ -80,26 +80,21 @@ class RequestQueue:
             return len(self._items)
 
 
+@dataclass
 class RequestGate:
     """The callbacks' way into the queue (see the module docstring).
 
-    Args:
-        queue: the worker's request queue. prompts: the accounting of every request.
-        throttle: logs a full queue (throttled). stopping: True once the node shuts down.
+    queue: the worker's request queue. prompts: the accounting of every request. throttle: logs
+    a full queue (throttled). stopping: True once the node shuts down.
     """
 
-    def __init__(
-        self,
-        queue: RequestQueue,
-        prompts: PromptAccounting,
-        throttle: LogThrottle,
-        stopping: Callable[[], bool],
-    ) -> None:
-        self.queue = queue
-        self._prompts = prompts
-        self._throttle = throttle
-        self._stopping = stopping
-        self._waiting_calls = threading.BoundedSemaphore(MAX_WAITING_CALLS)
+    queue: RequestQueue
+    _prompts: PromptAccounting
+    _throttle: LogThrottle
+    _stopping: Callable[[], bool]
+    _waiting_calls: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_WAITING_CALLS)
+    )
 
     def enqueue(self, req: Request) -> None:
         """Queue a topic's request (nobody waits for its answer; the worker logs it)."""
