@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from conftest import REPO_ROOT, ROS_PROCESSES, RosProcess
-from sam4d_ros.parameters import write_params_file
+from sam4d_ros.parameters import read_params_file, write_params_file
 from sam4d_ros.tools.processes import interrupt
 
 BAG = REPO_ROOT / "test" / "data" / "synthetic_drive"
@@ -108,18 +107,7 @@ os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(FAST_REPAIR_XML))
 
 def base_parameters() -> dict[str, Any]:
     """config/sam4d.yaml as a flat {name: value} dict."""
-    data = yaml.safe_load(CONFIG_YAML.read_text())["sam4d_node"]["ros__parameters"]
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Mapping[str, Any]) -> None:
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}{k}.", v)
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk("", data)
-    return flat
+    return read_params_file(CONFIG_YAML)
 
 
 def make_parameters(checkpoint: Path, **changes: Any) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from sam4d_ros.conversions.pointcloud2 import (
     make_labeled_pointcloud2,
     pointcloud2_to_array,
     pointcloud2_to_points,
-    set_uint8_data,
 )
+from sam4d_ros.conversions.uint8_data import set_uint8_data
 
 NUMPY_TYPES = ["i1", "u1", "<i2", "<u2", "<i4", "<u4", "<f4", "<f8", ">f4", ">u2"]
 

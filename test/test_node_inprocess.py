@@ -56,7 +56,7 @@ def statuses(node) -> dict:
 
 
 def test_unsubscribed_outputs_are_not_computed(make_node, monkeypatch):
-    import sam4d_ros.node as node_module
+    import sam4d_ros.publishers as publishers_module
     from sam4d_ros.outputs import StepOutputs
 
     calls: list[str] = []
@@ -74,7 +74,7 @@ def test_unsubscribed_outputs_are_not_computed(make_node, monkeypatch):
             calls.append("boxes_3d")
             return super().boxes_3d()
 
-    monkeypatch.setattr(node_module, "StepOutputs", Spy)
+    monkeypatch.setattr(publishers_module, "StepOutputs", Spy)
     node, rec = make_node()
     node.process_sweep(synced(rec.sweeps[0], node._tf))
     assert node.tracker.buffered_stamps, "the sweep was not tracked"
@@ -109,7 +109,7 @@ def test_runtime_parameter_changes_are_validated(make_node):
     node, _rec = make_node()
     r = node.set_parameters([Parameter("tracker.presence_threshold", value=0.7)])
     assert r[0].successful and node.params.presence_threshold == 0.7
-    assert node._output_config.presence_threshold == 0.7
+    assert node.outputs.config.presence_threshold == 0.7
     r = node.set_parameters([Parameter("sync.tolerance_s", value=0.02)])
     assert r[0].successful and node.sync.config.tolerance_s == 0.02
     r = node.set_parameters([Parameter("sync.max_wait_s", value=0.9)])  # > half the jump limit
@@ -148,15 +148,15 @@ def test_a_prompt_the_tracker_refuses_does_not_use_up_an_id(make_node):
     run's first three objects were 2, 3, 4)."""
     from test_prompts import lidar_prompt
 
-    from sam4d_ros.node import _Request
+    from sam4d_ros.requests import Request
 
     node, rec = make_node()
     for s in (rec.sweeps[0], rec.sweeps[2]):  # sweep 1 dropped
         node.process_sweep(synced(s, node._tf))
-    frame = node._lidar_frame
+    frame = node.worker.lidar_frame
     answers = []
     for stamp in (rec.sweeps[1].stamp_ns, rec.sweeps[2].stamp_ns):
-        req = _Request("add_prompts", ([lidar_prompt(frame=frame, stamp_ns=stamp)], False), "test")
+        req = Request("add_prompts", ([lidar_prompt(frame=frame, stamp_ns=stamp)], False), "test")
         node._requests.put(req)
         node.serve_requests()
         answers.append((req.success, req.object_ids, req.message))

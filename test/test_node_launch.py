@@ -18,6 +18,7 @@ from conftest import REPO_ROOT, ROS_PROCESSES
 from sam4d_ros.parameters import (
     camera_parameter_specs,
     global_parameter_specs,
+    read_params_file,
     validate_parameters,
 )
 
@@ -49,18 +50,7 @@ def _importable(module: str) -> bool:
 
 
 def _base_values() -> dict:
-    data = yaml.safe_load((REPO_ROOT / "config" / "sam4d.yaml").read_text())
-    flat: dict = {}
-
-    def walk(prefix: str, node: dict) -> None:
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}{k}.", v)
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk("", data["sam4d_node"]["ros__parameters"])
-    return flat
+    return read_params_file(REPO_ROOT / "config" / "sam4d.yaml")
 
 
 def test_launch_arguments_match_parameters():

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
@@ -23,9 +22,11 @@ from sam4d_ros.parameters import (
     ParameterError,
     bundled_checkpoint_candidates,
     declare_parameters,
+    documented_params_text,
     global_parameter_specs,
     output_qos,
     parameter_specs,
+    read_params_file,
     resolve_checkpoint,
     resolve_device,
     sensor_qos,
@@ -177,19 +178,7 @@ def test_checkpoint_resolution(tmp_path, monkeypatch):
 
 
 def yaml_parameters() -> dict:
-    data = yaml.safe_load(YAML.read_text())
-    flat: dict = {}
-
-    def walk(prefix: str, node: dict) -> None:
-        for k, v in node.items():
-            name = f"{prefix}{k}"
-            if isinstance(v, dict):
-                walk(name + ".", v)
-            else:
-                flat[name] = v
-
-    walk("", data["sam4d_node"]["ros__parameters"])
-    return flat
+    return read_params_file(YAML)
 
 
 def test_yaml_documents_exactly_the_declared_parameters():
@@ -207,6 +196,39 @@ def test_yaml_documents_exactly_the_declared_parameters():
     # Values in the file pass validation.
     p = check(values)
     assert p.camera_names == ["front", "front_left"] and p.cameras[0].compressed
+
+
+def test_yaml_is_generated_from_the_specs():
+    """config/sam4d.yaml is what the writer makes of its values (descriptions, defaults, ranges
+    from the specs: regenerate it with python -m sam4d_ros.parameters config/sam4d.yaml), and every
+    value in it is a declared parameter of the right type, in range."""
+    text = YAML.read_text()
+    values = yaml_parameters()
+    header = text.split("\nsam4d_node:")[0]
+    assert text == documented_params_text(values, header)
+    check(values)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("sync.tolerance_ms", 0.05), "unknown parameter"),  # unknown key
+        (("camera.rear.compressed", True), "unknown parameter"),  # camera not in 'cameras'
+        (("sync.buffer_size", "8"), "sync.buffer_size: expected integer"),  # wrong type
+        (("outputs.cloud", 1), "outputs.cloud: expected bool"),
+        (("tracker.max_objects", 5000), "outside"),  # out of range
+        (("qos.sensor_reliability", "sometimes"), "is not one of"),
+    ],
+)
+def test_yaml_check_fails_on_a_bad_value(edit, expected):
+    """The checks above fail for an unknown key, a wrong-typed or out-of-range value."""
+    name, value = edit
+    values = dict(yaml_parameters(), **{name: value})
+    with pytest.raises(ParameterError, match=expected):
+        check(values)
+    if expected == "unknown parameter":
+        with pytest.raises(ValueError, match="not declared parameter"):
+            documented_params_text(values)
 
 
 def test_declare_on_a_node_from_the_yaml_file(rclpy_context, tmp_path):

@@ -44,7 +44,7 @@ def _cloud_msg(n: int) -> Any:
     """A Velodyne-like cloud as drivers publish it (PCL PointXYZIRT: 32-byte aligned points)."""
     from sensor_msgs.msg import PointCloud2, PointField
 
-    from sam4d_ros.conversions.pointcloud2 import set_uint8_data
+    from sam4d_ros.conversions.uint8_data import set_uint8_data
 
     rng = np.random.default_rng(0)
     dt = np.dtype(
@@ -114,8 +114,8 @@ def run_benchmarks(repeat: int = 50) -> dict[str, Any]:
         make_labeled_pointcloud2,
         pointcloud2_to_array,
         pointcloud2_to_points,
-        set_uint8_data,
     )
+    from sam4d_ros.conversions.uint8_data import set_uint8_data
 
     cloud = _cloud_msg(NUM_POINTS)
     labels = (np.arange(NUM_POINTS) % 7).astype(np.uint32)

@@ -23,8 +23,8 @@ from sam4d_core.codecs.image import (
     overlay,
     to_rgb,
 )
-from sam4d_ros.conversions.pointcloud2 import byte_array, set_uint8_data
 from sam4d_ros.conversions.stamps import copy_header
+from sam4d_ros.conversions.uint8_data import byte_array, set_uint8_data
 
 __all__ = [
     "array_to_image_msg",

@@ -2,10 +2,9 @@
 
 Reading is duck-typed (any object with the PointCloud2 attributes: rclpy messages, rosbags
 messages); building returns rclpy ``sensor_msgs.msg.PointCloud2``. The layout work is done by
-``sam4d_core.codecs.pointcloud``; this module adds the message plumbing and the fast path for
-filling ``uint8[] data``: the generated setter iterates in Python over anything that is not an
-``array.array('B')`` (seconds for a LiDAR sweep), so data is always handed over as one, and the
-labeled output is written straight into that array (no intermediate bytes).
+``sam4d_core.codecs.pointcloud``; this module adds the message plumbing. ``uint8[] data`` is
+filled the fast way (``sam4d_ros.conversions.uint8_data``), and the labeled output is written
+straight into its ``array.array('B')`` (no intermediate bytes).
 """
 
 from __future__ import annotations
@@ -27,46 +26,15 @@ from sam4d_core.codecs.pointcloud import (
     valid_mask,
 )
 from sam4d_ros.conversions.stamps import copy_header
+from sam4d_ros.conversions.uint8_data import byte_array, set_uint8_data
 
 __all__ = [
     "array_to_pointcloud2",
-    "byte_array",
     "fields_to_msgs",
     "make_labeled_pointcloud2",
     "pointcloud2_to_array",
     "pointcloud2_to_points",
-    "set_uint8_data",
 ]
-
-
-def byte_array(data: Any) -> array.array:
-    """Copy any buffer (bytes, uint8 ndarray, memoryview) into an ``array.array('B')``, the one
-    type rclpy's ``uint8[]`` setters take without a per-element Python loop."""
-    out = array.array("B")
-    if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data)
-    out.frombytes(memoryview(data).cast("B"))
-    return out
-
-
-def set_uint8_data(msg: Any, data: array.array) -> None:
-    """Assign an ``array.array('B')`` to ``msg.data`` without a copy.
-
-    rclpy's generated setter keeps an ``array.array('B')`` as is only when it checks fields
-    (always on Humble/Jazzy with ``__debug__``; on Kilted only with ``check_fields``, off by
-    default); otherwise it runs ``array.array('B', value)``, a full copy (3-27 ms for a 5 MB cloud
-    here, page faults included). Checking is switched on just for this one assignment.
-    """
-    if not isinstance(data, array.array) or data.typecode != "B":
-        data = byte_array(data)
-    if getattr(msg, "_check_fields", True) is False:
-        msg._check_fields = True
-        try:
-            msg.data = data
-        finally:
-            msg._check_fields = False
-    else:
-        msg.data = data
 
 
 def fields_to_msgs(fields: list[FieldSpec]) -> list[Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["copy_header", "make_header", "ns_to_time_msg", "stamp_to_ns"]
+__all__ = ["copy_header", "format_stamp", "make_header", "ns_to_time_msg", "stamp_to_ns"]
 
 _NS = 1_000_000_000
 
@@ -47,3 +47,10 @@ def copy_header(header: Any) -> Any:
     return Header(
         stamp=Time(sec=int(stamp.sec), nanosec=int(stamp.nanosec)), frame_id=str(header.frame_id)
     )
+
+
+def format_stamp(ns: int | None) -> str:
+    """Integer nanoseconds -> "sec.nanosec" for log lines and /diagnostics ("n/a" for None)."""
+    if ns is None:
+        return "n/a"
+    return f"{ns // _NS}.{ns % _NS:09d}"
