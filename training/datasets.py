@@ -150,7 +150,7 @@ class BagSource:
     on first use and cached, LRU)."""
 
     def __init__(self, path: str | Path, cache: int = 2) -> None:
-        from sam4d_ros.recording.sequence_bag import read_sequence_bag
+        from sam4d_core.data.sequence_bag import read_sequence_bag
 
         self._read = read_sequence_bag
         p = Path(path)

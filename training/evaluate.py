@@ -136,7 +136,7 @@ def waymo_source(root: Path) -> Source:
 
 
 def bag_source(path: Path, held_out: bool) -> Source:
-    from sam4d_ros.recording.sequence_bag import read_sequence_bag
+    from sam4d_core.data.sequence_bag import read_sequence_bag
 
     src = Source(f"bag:{path.name}", "bag", held_out, {"path": _display_path(path)})
     # The name comes from the bag's metadata: known only once read.

@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         gt = None
         if info.ground_truth:
-            from sam4d_ros.recording.sequence_bag import BagError
+            from sam4d_core.data.sequence_bag import BagError
 
             try:
                 gt = GroundTruth(info.path, info)
