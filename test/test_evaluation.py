@@ -326,7 +326,7 @@ def test_bundled_report_regenerates(bundled_report, tmp_path) -> None:
 
 
 def test_kitti_overlay_pictures_and_clicks() -> None:
-    from training.kitti_overlays import CLICKS, RENDER_FRAMES, bev_panel, camera_panel
+    from training.analysis.kitti_overlays import CLICKS, RENDER_FRAMES, bev_panel, camera_panel
 
     rgb = np.full((375, 1242, 3), 100, np.uint8)
     m = np.zeros((375, 1242), bool)
