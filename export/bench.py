@@ -119,8 +119,8 @@ def _timing(args: argparse.Namespace, checkpoint: str, onnx_dir: Path) -> dict[s
 
 
 def _agreement(args: argparse.Namespace, checkpoint: str, onnx_dir: Path) -> dict[str, Any]:
+    from sam4d_core.data.sequence_bag import read_sequence_bag
     from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
-    from sam4d_ros.recording.sequence_bag import read_sequence_bag
 
     seq = read_sequence_bag(args.recording)
     frames = seq.frames

@@ -36,12 +36,12 @@ from sam4d_core.codecs.camera import CameraModel
 from sam4d_core.codecs.errors import CodecError, ImageSizeError
 from sam4d_core.codecs.transform import validate_transform
 from sam4d_core.data.sequence import CameraFrame, Frame
+from sam4d_core.geometry.tf_buffer import TfBuffer, TfLookupError
 from sam4d_ros.conversions.camera_info import CameraModelCache
 from sam4d_ros.conversions.image import compressed_image_to_rgb, image_to_rgb
 from sam4d_ros.conversions.pointcloud2 import pointcloud2_to_points
 from sam4d_ros.conversions.stamps import stamp_to_ns
 from sam4d_ros.sync import SyncedSweep
-from sam4d_ros.tf_buffer import TfBuffer, TfLookupError
 
 __all__ = [
     "POSE_FALLBACKS",

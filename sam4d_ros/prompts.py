@@ -39,6 +39,7 @@ import numpy as np
 from sam4d_core.codecs.camera import CameraModel
 from sam4d_core.codecs.errors import CodecError
 from sam4d_core.codecs.image import decode_image
+from sam4d_core.geometry.tf_buffer import TfBuffer, TfLookupError
 from sam4d_core.tracking.records import (
     MAX_OBJECT_ID,
     ImagePrompt,
@@ -46,7 +47,6 @@ from sam4d_core.tracking.records import (
     ObjectPrompt,
 )
 from sam4d_ros.conversions.stamps import stamp_to_ns
-from sam4d_ros.tf_buffer import TfBuffer, TfLookupError
 
 __all__ = [
     "IMAGE",

@@ -199,8 +199,8 @@ def load_recording(num_sweeps: int = 12) -> Recording:
         return hit
     from rclpy.serialization import deserialize_message
 
+    from sam4d_core.data.sequence_bag import open_bag
     from sam4d_ros.conversions.stamps import stamp_to_ns
-    from sam4d_ros.recording.sequence_bag import open_bag
     from sam4d_ros.tools.bag_interop import message_class
 
     topics = {LIDAR_TOPIC: "cloud", "/tf": "tf", "/tf_static": "static"}
@@ -600,10 +600,10 @@ class Reference:
     def __init__(self, values: Mapping[str, Any], static_tf: Any, extra_static: Iterable = ()):
         import torch
 
+        from sam4d_core.geometry.tf_buffer import TfBuffer
         from sam4d_core.tracking.streaming_tracker import StreamingTracker
         from sam4d_ros.frame_builder import FrameBuilder
         from sam4d_ros.node import load_model, tracker_config
-        from sam4d_ros.tf_buffer import TfBuffer
 
         torch.set_num_threads(1)
         self.params = node_parameters(values)

@@ -1,6 +1,6 @@
-"""The attention locality diagnostic (training.attention_locality): its metrics on hand-made
-cases, that it tells a memory attention that reads by position from one that does not, and that
-its click attention and encoding scale measure what they say."""
+"""The attention locality diagnostic (training.analysis.attention_locality): its metrics on
+hand-made cases, that it tells a memory attention that reads by position from one that does not,
+and that its click attention and encoding scale measure what they say."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.attention_locality import (  # noqa: E402
+from training.analysis.attention_locality import (  # noqa: E402
     _token_fractions,
     click_attention_mass,
     deviation_locality,

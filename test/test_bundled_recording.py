@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
+from sam4d_core.data.sequence_bag import BagTopics, read_bag_metadata, read_sequence_bag
 from sam4d_core.data.synthetic import SyntheticGenerator, make_config
-from sam4d_ros.recording import BagTopics, read_bag_metadata, read_sequence_bag
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -166,7 +166,7 @@ def _messages(path: Path, until_ns: int | None = None) -> list[tuple[str, int, b
 def _assert_same_transforms(raw1: bytes, raw2: bytes, where: str) -> None:
     """Two serialized TFMessages hold the same transforms (frames and stamps exactly, values to
     1e-12)."""
-    from sam4d_ros.recording.sequence_bag import TYPESTORE
+    from sam4d_core.data.sequence_bag import TYPESTORE
 
     a, b = (TYPESTORE.deserialize_cdr(r, "tf2_msgs/msg/TFMessage") for r in (raw1, raw2))
     assert len(a.transforms) == len(b.transforms), where

@@ -11,10 +11,11 @@ import pytest
 
 from conftest import spin_until
 from ros_processes import sensor_samples as samples
+from sam4d_core.geometry.tf_buffer import ExtrapolationError, TfBuffer
 from sam4d_ros.conversions.camera_info import camera_info_to_model
 from sam4d_ros.conversions.image import compressed_image_to_rgb, image_to_array, image_to_rgb
 from sam4d_ros.conversions.pointcloud2 import pointcloud2_to_array, pointcloud2_to_points
-from sam4d_ros.tf_buffer import ExtrapolationError, TfBuffer, TfListener
+from sam4d_ros.tf_buffer import TfListener
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 from random_sequence import assert_sequences_equal, make_sequence
 
 from sam4d_core.data.kitti_raw import read_kitti_raw
+from sam4d_core.data.sequence_bag import read_sequence_bag, write_sequence_bag
 from sam4d_core.data.waymo4dseg import read_waymo4dseg, write_waymo4dseg
-from sam4d_ros.recording import read_sequence_bag, write_sequence_bag
 from sam4d_ros.recording.convert import COMMANDS, Progress, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_does_not_import_rclpy() -> None:
     code = (
-        "import sys, sam4d_ros.recording.convert, sam4d_ros.recording;"
+        "import sys, sam4d_ros.recording.convert, sam4d_core.data.sequence_bag;"
         "assert 'rclpy' not in sys.modules, 'rclpy imported'"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -139,7 +139,7 @@ def test_the_prompted_object_is_tracked_over_the_sequence(demo) -> None:
 def test_the_outputs_bag_holds_labels_with_the_input_stamps(demo) -> None:
     from rosbags.rosbag2 import Reader
 
-    from sam4d_ros.recording.sequence_bag import TYPESTORE, open_bag
+    from sam4d_core.data.sequence_bag import TYPESTORE, open_bag
     from sam4d_ros.tools.bag_interop import header_stamp_ns
 
     out, rep, _ = demo

@@ -237,7 +237,7 @@ def test_bundled_report_is_of_the_bundled_model(bundled_report) -> None:
 
 
 def test_bundled_report_has_the_demo_object(bundled_report) -> None:
-    from sam4d_ros.recording.sequence_bag import read_sequence_bag
+    from sam4d_core.data.sequence_bag import read_sequence_bag
 
     seq = read_sequence_bag(REPO_ROOT / "test" / "data" / "synthetic_drive")
     oid = pick_demo_object(seq, "front")
@@ -326,7 +326,7 @@ def test_bundled_report_regenerates(bundled_report, tmp_path) -> None:
 
 
 def test_kitti_overlay_pictures_and_clicks() -> None:
-    from training.kitti_overlays import CLICKS, RENDER_FRAMES, bev_panel, camera_panel
+    from training.analysis.kitti_overlays import CLICKS, RENDER_FRAMES, bev_panel, camera_panel
 
     rgb = np.full((375, 1242, 3), 100, np.uint8)
     m = np.zeros((375, 1242), bool)

@@ -12,6 +12,7 @@ import pytest
 from sensor_msgs.msg import CameraInfo, Image
 
 from sam4d_core.codecs.transform import invert_transform, tq_to_matrix
+from sam4d_core.geometry.tf_buffer import TfBuffer
 from sam4d_ros.conversions.image import rgb_to_compressed_msg, rgb_to_image_msg
 from sam4d_ros.conversions.pointcloud2 import array_to_pointcloud2
 from sam4d_ros.conversions.stamps import make_header
@@ -24,7 +25,6 @@ from sam4d_ros.frame_builder import (
     cloud_to_points,
 )
 from sam4d_ros.sync import SweepSynchronizer, SyncConfig
-from sam4d_ros.tf_buffer import TfBuffer
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS

@@ -150,7 +150,7 @@ def test_a_drive_as_downloaded_reads_with_oxts_poses(tmp_path: Path) -> None:
 
 
 def test_kitti_to_bag_on_a_drive_as_downloaded(tmp_path: Path) -> None:
-    from sam4d_ros.recording.sequence_bag import read_sequence_bag
+    from sam4d_core.data.sequence_bag import read_sequence_bag
 
     drive = make_drive(tmp_path)
     out = tmp_path / "bag"

@@ -19,7 +19,7 @@ from sam4d_core.modeling.memory_attention import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.attention_locality import first_layer_self_mass  # noqa: E402
+from training.analysis.attention_locality import first_layer_self_mass  # noqa: E402
 
 D = 32
 

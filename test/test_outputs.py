@@ -17,6 +17,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from sam4d_core.codecs.image import label_color
 from sam4d_core.codecs.transform import tq_to_matrix
 from sam4d_core.geometry.boxes import BOX_EDGES, Box3D, fit_box_3d, mask_box_2d
+from sam4d_core.geometry.tf_buffer import TfBuffer
 from sam4d_core.tracking.records import ObjectResult, StepResult
 from sam4d_ros.conversions.image import image_to_array, rgb_to_image_msg
 from sam4d_ros.conversions.pointcloud2 import array_to_pointcloud2, pointcloud2_to_array
@@ -37,7 +38,6 @@ from sam4d_ros.outputs import (
     stream_status,
 )
 from sam4d_ros.sync import CameraSyncCounters
-from sam4d_ros.tf_buffer import TfBuffer
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS

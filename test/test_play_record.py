@@ -24,7 +24,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from conftest import RosProcess, spin_until
 from ros_processes import play_record_samples as samples
-from sam4d_ros.recording import write_sequence_bag
+from sam4d_core.data.sequence_bag import write_sequence_bag
 
 DISCOVERY_TIMEOUT = "20"  # s, generous: discovery on a loaded 2-core machine can be slow
 
@@ -424,7 +424,7 @@ def test_player_api_loop_offset_remap(sequence_bag, rclpy_context):
 
 
 def test_player_rejects_bad_requests(sequence_bag, tmp_path):
-    from sam4d_ros.recording import BagError
+    from sam4d_core.data.sequence_bag import BagError
     from sam4d_ros.tools.play import BagPlayer, PlaybackError
 
     with pytest.raises(PlaybackError, match="not in"):

@@ -13,6 +13,7 @@ from geometry_msgs.msg import Point, PointStamped
 
 from sam4d_core.codecs.camera import camera_model_from_values
 from sam4d_core.codecs.transform import tq_to_matrix
+from sam4d_core.geometry.tf_buffer import TfBuffer
 from sam4d_core.tracking.records import ObjectPrompt
 from sam4d_ros.conversions.image import array_to_image_msg
 from sam4d_ros.conversions.stamps import make_header, ns_to_time_msg
@@ -27,7 +28,6 @@ from sam4d_ros.prompts import (
     validate_remove,
 )
 from sam4d_ros.srv import AddPrompts, RemoveObject
-from sam4d_ros.tf_buffer import TfBuffer
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS

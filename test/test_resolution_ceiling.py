@@ -1,5 +1,5 @@
-"""The resolution ceiling (training.resolution_ceiling): oracle masks through the model's own
-output paths, checked by hand and against the model's LiDAR encoder."""
+"""The resolution ceiling (training.analysis.resolution_ceiling): oracle masks through the model's
+own output paths, checked by hand and against the model's LiDAR encoder."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.synthetic import generate_sequence, make_config
 from sam4d_core.evaluation.streaming_eval import EvalConfig
 from sam4d_core.modeling.configs import get_config
-from training.resolution_ceiling import (
+from training.analysis.resolution_ceiling import (
     LidarGrid,
     image_ceiling_mask,
     main,

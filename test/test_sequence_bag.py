@@ -12,21 +12,19 @@ from rosbags.interfaces import QosDurability
 from rosbags.rosbag2 import Reader, Writer
 
 from sam4d_core.data.errors import DatasetError
-from sam4d_ros.recording import (
+from sam4d_core.data.sequence_bag import (
+    TYPESTORE,
     BagError,
     BagTfExtrapolationError,
     BagTfGapError,
     BagTopics,
-    ExtrapolationError,
     MissingTopicError,
     SequenceBagReader,
-    TfGapError,
-    TfLookupError,
     read_bag_metadata,
     read_sequence_bag,
     write_sequence_bag,
 )
-from sam4d_ros.recording.sequence_bag import TYPESTORE
+from sam4d_core.geometry.tf_buffer import ExtrapolationError, TfGapError, TfLookupError
 
 
 def _messages(path: Path) -> dict[str, list[tuple[int, object]]]:

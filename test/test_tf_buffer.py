@@ -15,8 +15,7 @@ import pytest
 from geometry_msgs.msg import TransformStamped
 
 from sam4d_core.codecs.errors import TransformError
-from sam4d_ros.conversions.transform import matrix_to_transform_stamped
-from sam4d_ros.tf_buffer import (
+from sam4d_core.geometry.tf_buffer import (
     DisconnectedFramesError,
     ExtrapolationError,
     TfBuffer,
@@ -24,6 +23,7 @@ from sam4d_ros.tf_buffer import (
     TfLookupError,
     UnknownFrameError,
 )
+from sam4d_ros.conversions.transform import matrix_to_transform_stamped
 
 S = 1_000_000_000
 R2 = math.sqrt(0.5)

@@ -1,4 +1,4 @@
-"""Training of SAM4D (issue 5): clips, interactive prompt simulation, losses and the loop.
+"""Training of SAM4D: clips, interactive prompt simulation, losses and the loop.
 
 Modules:
 
@@ -15,8 +15,12 @@ Modules:
 - :mod:`.logger`: TensorBoard or JSONL scalars, a progress bar;
 - :mod:`.train`: the loop (``python -m training.train --help``);
 - :mod:`.generate_data`: pre-generate a synthetic training set in Waymo-4DSeg layout;
-- :mod:`.export_weights`: a checkpoint's weights only (optionally float16) for shipping.
+- :mod:`.export_weights`: a checkpoint's weights only (optionally float16) for shipping;
+- :mod:`.evaluate`: the streaming evaluation of a checkpoint (JSON and a Markdown table);
+- :mod:`.cli`: the docstring-based argument parser of these commands;
+- :mod:`.analysis`: research tools (attention locality, resolution ceiling, KITTI overlays), run
+  as ``python -m training.analysis.<name>``.
 
-Installed with pip this package is ``sam4d_training`` (setup.py), so every import inside it is
-relative.
+Installed with pip this package is ``sam4d_training`` (and ``sam4d_training.analysis``; setup.py),
+so every import inside it is relative.
 """

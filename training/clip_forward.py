@@ -327,14 +327,17 @@ def _prompts_of(
 def _decode_frame(
     model: SAM4D,
     features: FrameFeatures,
-    img_cond: torch.Tensor | None,
-    pts_cond: torch.Tensor | None,
+    conditioned: tuple[torch.Tensor | None, torch.Tensor | None],
     prompts: list[ObjectPrompts],
     no_memory: list[bool],
     as_output: torch.Tensor,
 ) -> DecodeResult:
     """One decoding of the frame's objects; mask prompts of ``as_output`` objects are taken as
-    their output (``SAM4D.track_step``'s rules for multimask and mask-as-output)."""
+    their output (``SAM4D.track_step``'s rules for multimask and mask-as-output).
+
+    ``conditioned``: the memory-conditioned (image, LiDAR) tokens, as for
+    :func:`decode_all_outputs`.
+    """
     multimask = torch.tensor(
         [
             model._use_multimask(p.max_points_per_view(), no_memory[k])
@@ -343,7 +346,7 @@ def _decode_frame(
         dtype=torch.bool,
     )
     dense = [not bool(x) for x in as_output]
-    res = decode_all_outputs(model, features, img_cond, pts_cond, prompts, multimask, dense)
+    res = decode_all_outputs(model, features, *conditioned, prompts, multimask, dense)
     if bool(as_output.any()):
         model._apply_mask_as_output(features, prompts, as_output, res.track)
     return res
@@ -408,7 +411,8 @@ def run_clip(
         no_memory = [m is None or m.is_empty for m in memories]
 
         prompts = _prompts_of(states, None, features, [False] * b)
-        res = _decode_frame(model, features, img_cond, pts_cond, prompts, no_memory, as_output)
+        conditioned = (img_cond, pts_cond)
+        res = _decode_frame(model, features, conditioned, prompts, no_memory, as_output)
         result.decodings += 1
         if acc is not None:
             add_decoding_losses(acc, model, features, res, sample.targets[t], weights, loss_cfg)  # type: ignore[arg-type]
@@ -435,9 +439,7 @@ def run_clip(
                         view, coords, label = click
                         states[k].add_click(view, coords, label)
                 prompts = _prompts_of(states, res.track, features, feed_back)
-                res = _decode_frame(
-                    model, features, img_cond, pts_cond, prompts, no_memory, as_output
-                )
+                res = _decode_frame(model, features, conditioned, prompts, no_memory, as_output)
                 result.decodings += 1
                 if acc is not None:
                     add_decoding_losses(

@@ -4,8 +4,8 @@ A *clip* is T consecutive frames (a temporal stride may skip frames) of one sequ
 ``max_objects`` target objects that appear on its first frame (in a camera or in the LiDAR) and
 pass the label filters. Sources (:class:`SequenceSource`):
 
-- :class:`SyntheticSource`: synthetic sequences rendered on the fly (0.1-0.6 s per frame: for
-  tests and small runs; pre-generate with :mod:`.generate_data` for real runs);
+- :class:`SyntheticSource`: synthetic sequences rendered on the fly (slow: for tests and small
+  runs; pre-generate with :mod:`.generate_data` for real runs);
 - :class:`Waymo4DSegSource`: a Waymo-4DSeg root, frames loaded lazily (also what the
   pre-generated synthetic set is);
 - :class:`BagSource`: rosbag2 recordings with ground truth (read whole, cached);
@@ -150,7 +150,7 @@ class BagSource:
     on first use and cached, LRU)."""
 
     def __init__(self, path: str | Path, cache: int = 2) -> None:
-        from sam4d_ros.recording.sequence_bag import read_sequence_bag
+        from sam4d_core.data.sequence_bag import read_sequence_bag
 
         self._read = read_sequence_bag
         p = Path(path)

@@ -21,11 +21,10 @@ among the evaluated objects. Without any source: the bundled model's report set,
 synthetic sequences (``bundled_sample``, seeds 950000-950007, 20 frames; training used seeds
 1000-1195 and validation 900000-900007) and the bundled recording ``test/data/synthetic_drive``.
 
-Cost: about 0.15 s of one CPU core per object, frame and prompt setting (memory attention,
-decoder and memory encoder run per object) plus one encoding per frame shared by all settings;
-synthetic sequences are rendered one ahead in a worker process. Hence
-``--max-objects-per-sequence`` (default 2): the bundled report (8 settings x (8 x 20 + 40)
-frames x 2 objects) took 8.6 min with ``--threads 1`` on a 2-core machine that was also training.
+Cost: memory attention, decoder and memory encoder run per object, frame and prompt setting;
+the encoders once per frame, shared by all settings; synthetic sequences are rendered one ahead in
+a worker process. Hence ``--max-objects-per-sequence`` (default 2) bounds the objects per
+sequence.
 """
 
 from __future__ import annotations
@@ -45,6 +44,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .cli import doc_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_SEEDS = (950000, 950008)
@@ -136,7 +137,7 @@ def waymo_source(root: Path) -> Source:
 
 
 def bag_source(path: Path, held_out: bool) -> Source:
-    from sam4d_ros.recording.sequence_bag import read_sequence_bag
+    from sam4d_core.data.sequence_bag import read_sequence_bag
 
     src = Source(f"bag:{path.name}", "bag", held_out, {"path": _display_path(path)})
     # The name comes from the bag's metadata: known only once read.
@@ -150,12 +151,7 @@ def bag_source(path: Path, held_out: bool) -> Source:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training.evaluate",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = doc_parser("training.evaluate", __doc__)
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled model")
     g = p.add_argument_group("sources (none given: the bundled model's report set)")
     g.add_argument("--synthetic-seeds", type=int, nargs=2, metavar=("START", "STOP"))

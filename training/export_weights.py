@@ -3,7 +3,7 @@ optionally in half precision for shipping.
 
     python -m training.export_weights RUN/checkpoints/last.pt sam4d_small.pt --half
 
-``--half`` stores the large floating-point tensors as float16 (8.6 M parameters: 34 MB -> 17 MB);
+``--half`` stores the large floating-point tensors as float16 (half the file size);
 geometry tables (the UMPE frustum, the random Fourier matrix) and small tensors stay float32.
 Loading (:func:`sam4d_core.checkpoint.load_state_dict_strict`) copies the values into the model's
 own dtype, so a half file loads into a float32 model unchanged.

@@ -8,8 +8,8 @@ One sequence per seed (``<preset>_<seed>``), written with
 leaves no partial sequence, and a re-run skips the sequences already there, so the command can be
 stopped and restarted, or started while training already reads the first sequences: a
 :class:`~.datasets.Waymo4DSegSource` lists the sequences present when it is built).
-Rendering costs 0.1-0.6 s per frame; loading a written frame is ~10x faster, which is why real
-runs train from a pre-generated set.
+Loading a written frame is much faster than rendering it, which is why real runs train from a
+pre-generated set.
 """
 
 from __future__ import annotations

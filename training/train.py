@@ -759,7 +759,7 @@ class Trainer:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.train",
-        description="Train SAM4D on clips with simulated interactive prompts (issue 5).",
+        description="Train SAM4D on clips with simulated interactive prompts.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "named configs (training/configs/): "

@@ -37,11 +37,11 @@ import numpy as np
 
 from sam4d_core.data.errors import DatasetError
 from sam4d_core.data.sequence import Frame, Sequence
-from sam4d_ros.recording.sequence_bag import (
+from sam4d_core.data.sequence_bag import (
     BagTopics,
     SequenceBagReader,
-    SequenceBagWriter,
     static_calibrations,
+    write_frames_bag,
 )
 
 __all__ = ["Progress", "main"]
@@ -186,30 +186,18 @@ def _bag_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_bag(
-    frames: Iterable[Frame],
-    total: int,
-    out: Path,
-    *,
-    name: str,
-    point_fields: tuple[str, ...],
-    lidar_frame_id: str,
-    world_frame_id: str,
-    static_cameras: dict[str, np.ndarray],
-    args: argparse.Namespace,
+    frames: Iterable[Frame], total: int, out: Path, *, args: argparse.Namespace, **sequence: Any
 ) -> None:
-    progress = Progress("write", enabled=not args.quiet)
-    with SequenceBagWriter(
+    """Stream frames into a bag; ``sequence``: the writer's name, point fields, frame ids and
+    static camera calibrations."""
+    write_frames_bag(
         out,
-        name=name,
-        point_fields=point_fields,
-        lidar_frame_id=lidar_frame_id,
-        world_frame_id=world_frame_id,
-        static_cameras=static_cameras,
+        frames,
+        total=total,
+        progress=Progress("write", enabled=not args.quiet),
+        **sequence,
         **_bag_options(args),
-    ) as writer:
-        for k, frame in enumerate(frames):
-            writer.write_frame(frame)
-            progress(k + 1, total)
+    )
 
 
 def _sequence_to_bag(seq: Sequence, out: Path, args: argparse.Namespace, stats: Stats) -> None:

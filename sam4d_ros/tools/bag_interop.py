@@ -131,8 +131,8 @@ def _field_types(fields: Iterable[tuple[str, Any]]) -> list[str]:
 def _default_store() -> Stores:
     """The rosbags type store of the sourced distro (``ROS_DISTRO``), else Humble's.
 
-    Humble is what ``sam4d_ros.recording`` embeds too: its definitions are identical up to Kilted
-    for the types we use, and it is the oldest distro we support.
+    Humble is what ``sam4d_core.data.sequence_bag`` embeds too: its definitions are identical up
+    to Kilted for the types we use, and it is the oldest distro we support.
     """
     distro = os.environ.get("ROS_DISTRO", "").strip().upper()
     return Stores.__members__.get(f"ROS2_{distro}", Stores.ROS2_HUMBLE)

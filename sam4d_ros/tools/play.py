@@ -32,7 +32,6 @@ import collections
 import dataclasses
 import itertools
 import queue
-import signal
 import sys
 import threading
 import time
@@ -48,7 +47,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.interfaces import Connection, ConnectionExtRosbag2
 
-from sam4d_ros.recording.sequence_bag import BagError, open_bag
+from sam4d_core.data.sequence_bag import BagError, open_bag
 from sam4d_ros.tools.bag_interop import (
     DEFAULT_DEPTH,
     UnknownTypeError,
@@ -58,6 +57,7 @@ from sam4d_ros.tools.bag_interop import (
     parse_remaps,
     qos_from_offers,
 )
+from sam4d_ros.tools.ros_cli import parse_tool_args, run_job, stderr_log
 
 __all__ = ["BagPlayer", "PlaybackError", "PlaybackSummary", "PlayOptions", "main"]
 
@@ -199,10 +199,6 @@ def describe_qos(qos: QoSProfile) -> str:
     return f"{qos.reliability.name.lower()}, {qos.durability.name.lower()}, {history}"
 
 
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def _bag_qos(conn: Connection) -> list[Any]:
     ext = conn.ext
     return list(ext.offered_qos_profiles) if isinstance(ext, ConnectionExtRosbag2) else []
@@ -240,7 +236,7 @@ class BagPlayer:
         node: Node | None = None,
         node_name: str = "bag_player",
         on_loop: Callable[[int], None] | None = None,
-        log: Callable[[str], None] | None = _stderr,
+        log: Callable[[str], None] | None = stderr_log,
         message_filter: Callable[[str, int], bool] | None = None,
         **overrides: Any,
     ) -> None:
@@ -781,16 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args: list[str] = []
-    if "--ros-args" in argv:
-        i = argv.index("--ros-args")
-        argv, ros_args = argv[:i], argv[i:]
-    args = build_parser().parse_args(argv)
-    log = None if args.quiet else _stderr
+    args, ros_args = parse_tool_args(build_parser(), argv)
+    log = None if args.quiet else stderr_log
     try:
         options = PlayOptions(
             ack_timeout_s=args.wait_for_all_acked / 1000.0,
@@ -816,13 +804,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # Our own SIGINT handling: Ctrl-C stops the playback and still prints the summary.
-    rclpy.init(args=["play", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
-    player: BagPlayer | None = None
-    try:
+
+    def open_player() -> BagPlayer:
         player = BagPlayer(args.bag, options, log=log)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: player.request_stop())
         if log is not None:
             n = len(player.played)
             log(
@@ -834,17 +818,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"  {name} [{t.msgtype}] {describe_qos(t.qos)}")
             for topic, why in player.skipped.items():
                 log(f"warning: skipping {topic}: {why}")
-        player.start()
-        summary = player.wait()
-        print(summary.format(), flush=True)
-        return 0
-    except (BagError, PlaybackError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if player is not None:
-            player.close()
-        rclpy.try_shutdown()
+        return player
+
+    # Ctrl-C stops the playback and still prints the summary.
+    return run_job(
+        "play",
+        ros_args,
+        open_player,
+        (BagError, PlaybackError, ValueError, OSError),
+        close=lambda player: player.close(),
+    )
 
 
 if __name__ == "__main__":

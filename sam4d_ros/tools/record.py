@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -53,6 +52,7 @@ from sam4d_ros.tools.bag_interop import (
     message_class,
     qos_to_offer,
 )
+from sam4d_ros.tools.ros_cli import parse_tool_args, run_job, stderr_log
 
 __all__ = ["BagRecorder", "RecordingError", "RecordingSummary", "default_bag_name", "main"]
 
@@ -60,10 +60,6 @@ SUBSCRIPTION_DEPTH = 100
 # Graph topics that --all leaves out (record them by naming them): ROS's own bookkeeping.
 INTERNAL_TOPICS = frozenset({"/rosout", "/parameter_events"})
 _NS = 1_000_000_000
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 class RecordingError(RuntimeError):
@@ -155,7 +151,7 @@ class BagRecorder:
         context: Context | None = None,
         node_name: str = "bag_recorder",
         on_stop: Callable[[str], None] | None = None,
-        log: Callable[[str], None] | None = _stderr,
+        log: Callable[[str], None] | None = stderr_log,
     ) -> None:
         self.output = Path(output)
         self.topics = sorted({absolute_topic(t) for t in topics})
@@ -567,20 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
+    args, ros_args = parse_tool_args(build_parser(), argv)
+    log = None if args.quiet else stderr_log
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args: list[str] = []
-    if "--ros-args" in argv:
-        i = argv.index("--ros-args")
-        argv, ros_args = argv[:i], argv[i:]
-    args = build_parser().parse_args(argv)
-    log = None if args.quiet else _stderr
-    # Our own signal handling: Ctrl-C / SIGTERM finish the bag instead of killing the process.
-    rclpy.init(args=["record", *ros_args], signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        recorder = BagRecorder(
+    def open_recorder() -> BagRecorder:
+        return BagRecorder(
             args.output or default_bag_name(),
             topics=args.topics or (),
             all_topics=args.all,
@@ -593,20 +580,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             log=log,
         )
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: recorder.request_stop())
-        recorder.start()
+
+    def started(recorder: BagRecorder) -> None:
         if log is not None:
             what = "all topics" if args.all else ", ".join(recorder.topics)
             log(f"recording {what} into {recorder.output} ({args.storage}); Ctrl-C to stop")
-        summary = recorder.wait()
-        print(summary.format(), flush=True)
-        return 0
-    except (RecordingError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        rclpy.try_shutdown()
+
+    # Ctrl-C / SIGTERM finish the bag instead of killing the process.
+    return run_job(
+        "record", ros_args, open_recorder, (RecordingError, ValueError, OSError), started=started
+    )
 
 
 if __name__ == "__main__":

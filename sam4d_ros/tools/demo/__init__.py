@@ -40,9 +40,8 @@ header stamps and is the same either way.
 
 Rate: the node steps on the newest sweep and drops older waiting ones by design (live operation).
 The offline evaluation processes every sweep, so the IoU is comparable only when the node keeps up:
-the default rate (0.05, a sweep every 2 s of wall time) lets the bundled model on one CPU thread
-process every sweep of the bundled recording on a 2-core machine that other jobs share (measured
-on an idle machine: 0 of 40 dropped, processing p50 314 ms, max 444 ms). Drops are counted (node
+the default rate (0.05, a sweep every 2 s of wall time) is slow enough for the bundled model on
+one CPU thread to process every sweep of the bundled recording. Drops are counted (node
 diagnostics) and reported; frames without output are listed and left out of the IoU.
 
 DDS stays on this machine: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and, unless the environment

@@ -77,8 +77,8 @@ def inspect_bag(path: str | os.PathLike[str], remap: Mapping[str, str] | None = 
     """Topics, cameras, frames and sweep stamps of a bag laid out as ``BagTopics`` names them
     (after ``remap``: bag topic -> topic name); raises DemoError saying what is missing."""
     from sam4d_core.codecs.errors import TransformError
+    from sam4d_core.data.sequence_bag import TYPESTORE, BagError, BagTopics, open_bag
     from sam4d_ros.conversions.transform import transform_to_matrix
-    from sam4d_ros.recording.sequence_bag import TYPESTORE, BagError, BagTopics, open_bag
     from sam4d_ros.tools.bag_interop import absolute_topic, header_stamp_ns
 
     path = Path(path)
@@ -179,7 +179,7 @@ class GroundTruth:
     frame by frame (``SequenceBagReader``)."""
 
     def __init__(self, bag: Path, info: BagInfo) -> None:
-        from sam4d_ros.recording.sequence_bag import SequenceBagReader
+        from sam4d_core.data.sequence_bag import SequenceBagReader
 
         self.reader = SequenceBagReader(bag, cameras=list(info.cameras), ground_truth=True)
         if len(self.reader) != len(info.sweep_stamps_ns):

@@ -45,9 +45,8 @@ __all__ = [
 _REPO = Path(__file__).resolve().parents[3]
 DEFAULT_BAG = _REPO / "test" / "data" / "synthetic_drive"
 DEFAULT_OUT = Path(".build") / "demo"  # each run gets a new timestamped folder under it
-# A sweep every 2 s of wall time. The bundled model steps a sweep of the bundled recording (two
-# cameras) in about 0.3 s on a free core (at this rate: p50 314 ms, max 444 ms, 0 of 40 dropped);
-# the margin is for other jobs on the cores (measured with them: p50 0.6-0.75 s, p90 0.9-1.25 s).
+# A sweep every 2 s of wall time: the bundled model steps a sweep of the bundled recording (two
+# cameras) well within that on one free core; the margin is for other jobs on the cores.
 DEFAULT_RATE = 0.05
 DEFAULT_THREADS = 1
 
@@ -199,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         gt = None
         if info.ground_truth:
-            from sam4d_ros.recording.sequence_bag import BagError
+            from sam4d_core.data.sequence_bag import BagError
 
             try:
                 gt = GroundTruth(info.path, info)

@@ -63,10 +63,10 @@ def read_outputs(bag: Path, info: BagInfo) -> Outputs:
     stamp: the node copies the input headers)."""
     from rclpy.serialization import deserialize_message
 
+    from sam4d_core.data.sequence_bag import open_bag
     from sam4d_ros.conversions.image import image_to_array
     from sam4d_ros.conversions.pointcloud2 import pointcloud2_to_array
     from sam4d_ros.conversions.stamps import stamp_to_ns
-    from sam4d_ros.recording.sequence_bag import open_bag
     from sam4d_ros.tools.bag_interop import message_class
 
     sweeps = np.asarray(info.sweep_stamps_ns, dtype=np.int64)
@@ -358,7 +358,7 @@ def build_report(
 
 def report_projections(info: BagInfo) -> dict[str, CameraProjection]:
     """The cameras' projections from their first CameraInfo and the bag's static TF."""
-    from sam4d_ros.recording.sequence_bag import TYPESTORE
+    from sam4d_core.data.sequence_bag import TYPESTORE
 
     infos = {
         name: TYPESTORE.deserialize_cdr(c.first_info, "sensor_msgs/msg/CameraInfo")

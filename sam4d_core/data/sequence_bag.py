@@ -64,14 +64,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from rosbags.interfaces import (
-    Qos,
-    QosDurability,
-    QosHistory,
-    QosLiveliness,
-    QosReliability,
-    QosTime,
-)
+from rosbags import interfaces as bag_qos
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_typestore
@@ -85,12 +78,16 @@ from sam4d_core.codecs.image import (
     encode_image_array,
     to_rgb,
 )
-from sam4d_core.codecs.pointcloud import INTENSITY_ALIASES, encode_points, find_field
+from sam4d_core.codecs.pointcloud import (
+    INTENSITY_ALIASES,
+    decode_points,
+    encode_points,
+    find_field,
+)
 from sam4d_core.codecs.transform import invert_transform, matrix_to_tq
 from sam4d_core.data.errors import DatasetError
 from sam4d_core.data.sequence import CameraFrame, Frame, ObjectInfo, Sequence
-from sam4d_ros.conversions.pointcloud2 import pointcloud2_to_array
-from sam4d_ros.tf_buffer import ExtrapolationError, TfBuffer, TfGapError, TfLookupError
+from sam4d_core.geometry.tf_buffer import ExtrapolationError, TfBuffer, TfGapError, TfLookupError
 
 __all__ = [
     "BagError",
@@ -104,9 +101,11 @@ __all__ = [
     "read_bag_metadata",
     "read_sequence_bag",
     "static_calibrations",
+    "write_frames_bag",
     "write_sequence_bag",
 ]
 
+# The format's names in the bag metadata (data, not module paths: existing bags carry them).
 FORMAT_TAG = "sam4d_ros.sequence_bag/1"
 METADATA_KEY = "sam4d_ros.sequence"
 # Message definitions are identical for the types we use from Humble to Kilted; Humble's store is
@@ -129,9 +128,9 @@ class BagTfError(BagError, TfLookupError):
     """A pose or extrinsic that the bag's TF cannot provide.
 
     Both a :class:`BagError` (a ``DatasetError``: names the topic or bag) and a
-    ``sam4d_ros.tf_buffer.TfLookupError``. ``lookup_error`` is the buffer's own error (None when
-    the reader found the problem itself); its attributes (``parent``, ``child``, ``stamp_ns``, ...)
-    are copied onto this error.
+    ``sam4d_core.geometry.tf_buffer.TfLookupError``. ``lookup_error`` is the buffer's own error
+    (None when the reader found the problem itself); its attributes (``parent``, ``child``,
+    ``stamp_ns``, ...) are copied onto this error.
     """
 
     def __init__(
@@ -328,19 +327,19 @@ def _camera_info_msg(ns: int, frame_id: str, k: np.ndarray, size_wh: tuple[int, 
     )
 
 
-def _static_qos() -> list[Qos]:
+def _static_qos() -> list[bag_qos.Qos]:
     # /tf_static is latched in ROS (transient local); recording it so makes `ros2 bag play`
     # deliver it to late subscribers too.
-    zero = QosTime(sec=0, nsec=0)
+    zero = bag_qos.QosTime(sec=0, nsec=0)
     return [
-        Qos(
-            history=QosHistory.KEEP_LAST,
+        bag_qos.Qos(
+            history=bag_qos.QosHistory.KEEP_LAST,
             depth=1,
-            reliability=QosReliability.RELIABLE,
-            durability=QosDurability.TRANSIENT_LOCAL,
+            reliability=bag_qos.QosReliability.RELIABLE,
+            durability=bag_qos.QosDurability.TRANSIENT_LOCAL,
             deadline=zero,
             lifespan=zero,
-            liveliness=QosLiveliness.AUTOMATIC,
+            liveliness=bag_qos.QosLiveliness.AUTOMATIC,
             liveliness_lease_duration=zero,
             avoid_ros_namespace_conventions=False,
         )
@@ -477,7 +476,7 @@ class SequenceBagWriter:
             self.abort()
 
     def _write(
-        self, topic: str, msgtype: str, ns: int, msg: Any, qos: list[Qos] | None = None
+        self, topic: str, msgtype: str, ns: int, msg: Any, qos: list[bag_qos.Qos] | None = None
     ) -> None:
         assert self._writer is not None, "writer is closed"
         if topic not in self._conns:
@@ -592,70 +591,72 @@ def static_calibrations(frames: Iterable[Frame]) -> dict[str, np.ndarray]:
     return {c: m for c, m in seen.items() if c not in moving}
 
 
+def write_frames_bag(
+    path: str | os.PathLike[str],
+    frames: Iterable[Frame],
+    *,
+    total: int | None = None,
+    progress: ProgressFn | None = None,
+    **writer_options: Any,
+) -> Path:
+    """Stream ``frames`` into a new bag at ``path`` (a :class:`SequenceBagWriter`, one frame at a
+    time: frames can come from a generator and are not kept).
+
+    ``writer_options`` are :class:`SequenceBagWriter`'s keyword arguments (``name`` is required);
+    ``progress(frames_done, total)`` is called after each frame (``total`` None: frames done so
+    far). Nothing is left at ``path`` when writing fails. Returns ``path`` as a Path.
+    """
+    with SequenceBagWriter(path, **writer_options) as writer:
+        for k, frame in enumerate(frames):
+            writer.write_frame(frame)
+            if progress is not None:
+                progress(k + 1, k + 1 if total is None else total)
+    return Path(path)
+
+
 def write_sequence_bag(
     sequence: Sequence,
     path: str | os.PathLike[str],
     *,
-    compressed_images: bool = False,
-    compression_format: Literal["jpeg", "png"] = "jpeg",
-    jpeg_quality: int = 90,
-    storage: Literal["mcap", "sqlite3"] = "mcap",
-    chunk_compression: Literal["zstd", "none"] | None = None,
-    topics: BagTopics = BagTopics(),  # noqa: B008 - frozen dataclass, safe as a default
-    base_frame_id: str = "base_link",
-    base_from_lidar: np.ndarray | None = None,
-    camera_frame_template: str = "{name}_optical_frame",
-    ground_truth: bool = True,
-    overwrite: bool = False,
     progress: ProgressFn | None = None,
+    **options: Any,
 ) -> Path:
     """Write a sequence as a rosbag2 directory at ``path``.
 
-    Args:
-        compressed_images: CompressedImage (``compression_format`` jpeg, lossy, or png, lossless)
-            instead of rgb8 Image.
-        storage: ``"mcap"`` (default) or ``"sqlite3"``.
-        chunk_compression: ``"zstd"`` (MCAP chunks compressed with zstd) or ``"none"``; default
-            zstd for MCAP, none for sqlite3 (which has no chunks; zstd there is a ValueError).
-        base_frame_id / base_from_lidar: the vehicle frame between the world and the LiDAR; the
-            (4, 4) LiDAR mounting pose in it (default identity). ``/tf`` carries
-            ``world_from_base = world_from_lidar @ inv(base_from_lidar)``.
-        camera_frame_template: TF frame of each camera's optical frame.
-        ground_truth: also write the ground-truth topics (when the frames have any).
-        overwrite: replace an existing bag at ``path``.
-        progress: called as ``progress(frames_done, frames_total)``.
+    The name, point fields, LiDAR / world frame ids and the static camera calibrations
+    (:func:`static_calibrations`) come from the sequence; ``options`` are the other keyword
+    arguments of :class:`SequenceBagWriter`:
 
-    The bag is written under a temporary name next to ``path`` and renamed at the end: on failure
-    nothing is left at ``path``.
+    - ``compressed_images``: CompressedImage (``compression_format`` jpeg, lossy, or png,
+      lossless; ``jpeg_quality``) instead of rgb8 Image;
+    - ``storage``: ``"mcap"`` (default) or ``"sqlite3"``;
+    - ``chunk_compression``: ``"zstd"`` (MCAP chunks compressed with zstd) or ``"none"``; default
+      zstd for MCAP, none for sqlite3 (which has no chunks; zstd there is a ValueError);
+    - ``base_frame_id`` / ``base_from_lidar``: the vehicle frame between the world and the LiDAR;
+      the (4, 4) LiDAR mounting pose in it (default identity). ``/tf`` carries
+      ``world_from_base = world_from_lidar @ inv(base_from_lidar)``;
+    - ``topics`` (:class:`BagTopics`), ``camera_frame_template`` (TF frame of each camera's optical
+      frame), ``ground_truth`` (also write the ground-truth topics), ``overwrite`` (replace an
+      existing bag at ``path``).
+
+    ``progress`` is called as ``progress(frames_done, frames_total)``. The bag is written under a
+    temporary name next to ``path`` and renamed at the end: on failure nothing is left at ``path``.
 
     Returns:
         ``path`` as a Path.
     """
-    with SequenceBagWriter(
+    return write_frames_bag(
         path,
+        sequence.frames,
+        total=len(sequence.frames),
+        progress=progress,
         name=sequence.name,
         point_fields=sequence.point_fields,
         lidar_frame_id=sequence.lidar_frame_id,
         world_frame_id=sequence.world_frame_id,
         static_cameras=static_calibrations(sequence.frames),
-        compressed_images=compressed_images,
-        compression_format=compression_format,
-        jpeg_quality=jpeg_quality,
-        storage=storage,
-        chunk_compression=chunk_compression,
-        topics=topics,
-        base_frame_id=base_frame_id,
-        base_from_lidar=base_from_lidar,
-        camera_frame_template=camera_frame_template,
-        ground_truth=ground_truth,
-        overwrite=overwrite,
-    ) as writer:
-        n = len(sequence.frames)
-        for k, frame in enumerate(sequence.frames):
-            writer.write_frame(frame)
-            if progress is not None:
-                progress(k + 1, n)
-    return Path(path)
+        **options,
+    )
 
 
 def _frame_messages(
@@ -839,7 +840,8 @@ class _BagIndex:
 def _decode_cloud(raw: bytes, where: str) -> np.ndarray:
     msg = TYPESTORE.deserialize_cdr(raw, "sensor_msgs/msg/PointCloud2")
     try:
-        return pointcloud2_to_array(msg).reshape(-1)
+        layout = (msg.height, msg.width, msg.point_step, msg.row_step, msg.is_bigendian)
+        return decode_points(msg.data, msg.fields, *layout).reshape(-1)
     except CodecError as e:
         raise BagError(f"bad PointCloud2: {e}", where) from None
 
@@ -1241,15 +1243,12 @@ def read_sequence_bag(
     path: str | os.PathLike[str],
     topics: BagTopics = BagTopics(),  # noqa: B008 - frozen dataclass, safe as a default
     *,
-    cameras: Iterable[str] | None = None,
-    camera_tolerance: float = 0.05,
-    max_tf_gap: float = 0.5,
-    world_frame_id: str | None = None,
-    ground_truth: bool = True,
-    name: str | None = None,
     progress: ProgressFn | None = None,
+    **options: Any,
 ) -> Sequence:
     """Read a rosbag2 recording (directory, or a single .mcap / .db3 file) into a Sequence.
+
+    ``options`` are the keyword arguments of :class:`SequenceBagReader`:
 
     Args:
         topics: topic names (the defaults match :func:`write_sequence_bag`).
@@ -1262,21 +1261,13 @@ def read_sequence_bag(
             of the LiDAR frame's TF tree).
         ground_truth: read the ground-truth topics when present.
         name: sequence name (default: from the metadata, else the bag's file name).
+        progress: called as ``progress(frames_done, frames_total)``.
 
     Raises:
         MissingTopicError: a needed topic is absent (the message lists the bag's topics).
         BagTfGapError / BagTfError: poses or extrinsics cannot be looked up (a TF gap wider
             than ``max_tf_gap``, a time outside the recorded TF, unknown or unconnected frames);
-            they are also ``sam4d_ros.tf_buffer.TfGapError`` / ``TfLookupError``.
+            they are also ``sam4d_core.geometry.tf_buffer.TfGapError`` / ``TfLookupError``.
         BagError: anything else wrong with the recording.
     """
-    return SequenceBagReader(
-        path,
-        topics,
-        cameras=cameras,
-        camera_tolerance=camera_tolerance,
-        max_tf_gap=max_tf_gap,
-        world_frame_id=world_frame_id,
-        ground_truth=ground_truth,
-        name=name,
-    ).read_sequence(progress)
+    return SequenceBagReader(path, topics, **options).read_sequence(progress)

@@ -1,7 +1,7 @@
 """The model on real data: the KITTI raw sample with hand-chosen clicks, as overlay pictures.
 
-    python -m training.kitti_overlays   # bundled model -> training/reports/kitti_sample/
-    python -m training.kitti_overlays --checkpoint last.pt --out /tmp/kitti --frames 0 5 23
+    python -m training.analysis.kitti_overlays   # bundled model -> training/reports/kitti_sample/
+    python -m training.analysis.kitti_overlays --checkpoint last.pt --out /tmp/kitti --frames 0 5 23
 
 Runs the streaming tracker over the 24 frames of ``../shared/data/kitti_raw_2011_09_26`` (one
 camera, ``image_02``, and the Velodyne sweep; no ground truth), prompts each object of
@@ -14,7 +14,6 @@ background points grey). The clicks were chosen by looking at the images.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ..cli import doc_parser
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "kitti_raw_2011_09_26"
 DEFAULT_OUT = REPO_ROOT / "training" / "reports" / "kitti_sample"
 
@@ -199,12 +200,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m training.kitti_overlays",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = doc_parser("training.analysis.kitti_overlays", __doc__)
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled model")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the KITTI raw sample")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pictures go")

@@ -1,7 +1,7 @@
 """Where does attention look? A diagnostic of the decoder's clicks and of MCMA's memory.
 
-    python -m training.attention_locality --help
-    python -m training.attention_locality --config sam4d_small_synthetic \
+    python -m training.analysis.attention_locality --help
+    python -m training.analysis.attention_locality --config sam4d_small_synthetic \
         --checkpoint sam4d_core/weights/sam4d_small_synthetic.pt --json locality.json
 
 Prompting needs the decoder's click token to find the clicked object, and propagation needs MCMA
@@ -54,10 +54,10 @@ from sam4d_core.modeling.memory_attention import MemoryAttention
 from sam4d_core.modeling.memory_bank import select_memory_frames
 from sam4d_core.modeling.sam4d_base import SAM4D, FrameFeatures, ObjectMemoryInput, ObjectPrompts
 
-from .config import PromptConfig, TrainConfig, load_train_config
-from .datasets import ClipDataset, ClipSample, build_source
-from .prompt_simulation import LIDAR, initial_prompt
-from .train import build_model
+from ..config import PromptConfig, TrainConfig, load_train_config
+from ..datasets import ClipDataset, ClipSample, build_source
+from ..prompt_simulation import LIDAR, initial_prompt
+from ..train import build_model
 
 
 @dataclass
@@ -439,7 +439,7 @@ def format_table(r: LocalityReport) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training.attention_locality",
+        prog="python -m training.analysis.attention_locality",
         description=__doc__.split("\n\n")[2] if __doc__ else None,
     )
     p.add_argument("--config", required=True, help="a training config (name or YAML)")

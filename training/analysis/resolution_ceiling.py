@@ -1,7 +1,7 @@
 """How well can a configuration segment at all? The IoU ceiling set by its output resolution.
 
-    python -m training.resolution_ceiling --help
-    python -m training.resolution_ceiling --config sam4d_small --json ceiling.json
+    python -m training.analysis.resolution_ceiling --help
+    python -m training.analysis.resolution_ceiling --config sam4d_small --json ceiling.json
 
 A model predicts image masks as stride-4 logits of its input (``image_size / 4``, bilinearly
 upsampled to the camera, as :func:`~sam4d_core.modeling.sam4d_base.upsample_mask_logits`) and
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     from sam4d_core.data.synthetic import generate_sequence, make_config
 
     p = argparse.ArgumentParser(
-        prog="python -m training.resolution_ceiling",
+        prog="python -m training.analysis.resolution_ceiling",
         description=__doc__.split("\n\n")[2] if __doc__ else None,
     )
     p.add_argument(
