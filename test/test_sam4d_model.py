@@ -17,16 +17,10 @@ from sam4d_core.modeling.configs import (
     load_config,
 )
 from sam4d_core.modeling.memory_bank import ObjectMemoryBank
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.records import FrameFeatures, ObjectMemoryInput, TrackOutput
 from sam4d_core.modeling.sam import so3_exp
-from sam4d_core.modeling.sam4d_base import (
-    SAM4D,
-    CameraPrompt,
-    FrameFeatures,
-    LidarPrompt,
-    ObjectMemoryInput,
-    ObjectPrompts,
-    TrackOutput,
-)
+from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.modeling.umpe import transform_points
 
 torch.set_num_threads(1)

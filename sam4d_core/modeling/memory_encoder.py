@@ -46,6 +46,7 @@ import math
 import torch
 from torch import nn
 
+from sam4d_core.modeling.blocks import LayerNorm2d
 from sam4d_core.modeling.sparse import Conv3d, SparseCache, SparseTensor
 from sam4d_core.modeling.sparse.conv import sparse_conv3d_objects
 from sam4d_core.modeling.sparse.voxelize import scatter_mean
@@ -111,22 +112,6 @@ def add_no_object_embedding(
 
 # ---------------------------------------------------------------------------------------------
 # Image memory encoder (plain torch).
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, H, W) map (parameters ``weight``, ``bias``)."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
 def _num_down_layers(total_stride: int, stride: int) -> int:
@@ -555,7 +540,6 @@ __all__ = [
     "CXBlock",
     "Fuser",
     "ImageMemoryEncoder",
-    "LayerNorm2d",
     "MaskDownSampler",
     "PointMemoryEncoder",
     "SparseCXBlock",

@@ -33,7 +33,7 @@ from sam4d_core.modeling.sam.sam_head import (
     use_multimask,
 )
 from sam4d_core.modeling.sam.sparse_ops import VoxelHierarchy, scatter_mean
-from sam4d_core.modeling.sam.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
+from sam4d_core.modeling.sam.transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
     "BOX_MAX_CORNER_LABEL",
@@ -43,7 +43,6 @@ __all__ = [
     "NO_OBJ_SCORE",
     "PAD_LABEL",
     "POSITIVE_LABEL",
-    "Attention",
     "DecoderOutput",
     "EgoPoseEncoder",
     "HeadOutput",

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sam4d_core.modeling.sam.common import MLP, LayerNorm2d, expand_batch
+from sam4d_core.modeling.blocks import MLP, LayerNorm2d
+from sam4d_core.modeling.sam.common import expand_batch
 from sam4d_core.modeling.sam.sparse_ops import (
     PointwiseConv,
     SparseUpsample,

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam4d_core.modeling.sam.common import LayerNorm2d
+from sam4d_core.modeling.blocks import LayerNorm2d
 from sam4d_core.modeling.sam.sparse_ops import (
     PointwiseConv,
     SparseDownsampleBlock,

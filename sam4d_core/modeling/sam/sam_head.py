@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from sam4d_core.modeling.sam.common import MLP, get_1d_sine_pe
+from sam4d_core.modeling.blocks import MLP
+from sam4d_core.modeling.sam.common import get_1d_sine_pe
 from sam4d_core.modeling.sam.ego_pose_encoder import EgoPoseEncoder
 from sam4d_core.modeling.sam.mask_decoder import MODALITIES, DecoderOutput, MaskDecoder
 from sam4d_core.modeling.sam.prompt_encoder import (
