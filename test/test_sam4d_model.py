@@ -16,10 +16,10 @@ from sam4d_core.modeling.configs import (
     get_config,
     load_config,
 )
+from sam4d_core.modeling.ego_pose_encoder import so3_exp
 from sam4d_core.modeling.memory_bank import ObjectMemoryBank
 from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
 from sam4d_core.modeling.records import FrameFeatures, ObjectMemoryInput, TrackOutput
-from sam4d_core.modeling.sam import so3_exp
 from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.modeling.umpe import transform_points
 

@@ -27,9 +27,10 @@ from sam4d_core.modeling.records import (
     TrackOutput,
     as_tensor,
 )
-from sam4d_core.modeling.sam import HeadOutput, PromptEmbeddings, SAMHead, scatter_mean
+from sam4d_core.modeling.sam import HeadOutput, PromptEmbeddings, SAMHead
 from sam4d_core.modeling.sam.mask_decoder import DecoderOutput
 from sam4d_core.modeling.sparse import SparseTensor, devoxelize
+from sam4d_core.modeling.sparse.hierarchy import scatter_mean
 
 
 class PromptDecoding:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from sam4d_core.modeling.memory_bank import MemorySelection
-from sam4d_core.modeling.sam import VoxelHierarchy
 from sam4d_core.modeling.sparse import SparseTensor
+from sam4d_core.modeling.sparse.hierarchy import VoxelHierarchy
 
 ArrayLike = np.ndarray | torch.Tensor
 """A numpy array or a torch tensor (prompts and sensor data may be either)."""

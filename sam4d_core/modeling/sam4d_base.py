@@ -85,6 +85,7 @@ from sam4d_core.modeling.backbones.image_encoder import (
 from sam4d_core.modeling.backbones.minkunet import MinkUNetBackbone
 from sam4d_core.modeling.configs import SAM4DConfig, get_config
 from sam4d_core.modeling.decoding import PromptDecoding
+from sam4d_core.modeling.ego_pose_encoder import EgoPoseEncoder
 from sam4d_core.modeling.memory_attention import MemoryAttention, register_memory_parameters
 from sam4d_core.modeling.memory_conditioning import MemoryConditioning
 from sam4d_core.modeling.memory_encoder import (
@@ -107,8 +108,9 @@ from sam4d_core.modeling.records import (
     TrackOutput,
     as_tensor,
 )
-from sam4d_core.modeling.sam import EgoPoseEncoder, SAMHead, VoxelHierarchy
+from sam4d_core.modeling.sam import SAMHead
 from sam4d_core.modeling.sparse import SparseTensor, devoxelize_weights
+from sam4d_core.modeling.sparse.hierarchy import VoxelHierarchy
 from sam4d_core.modeling.sparse.voxelize import (
     points_to_voxel_index,
     pool_points_to_voxels,

@@ -15,8 +15,8 @@ One call decodes B objects on one frame in the camera and/or LiDAR modality:
 
 Each modality yields its own pointer, as released. The temporal encoding of stored pointers is
 :meth:`SAMHead.pointer_temporal_pe` (sine of the signed frame gap through ``obj_ptr_tpos_proj``);
-the memory adds :class:`.ego_pose_encoder.EgoPoseEncoder` of the ego motion to it
-(:func:`pointer_pos_enc`).
+the memory adds :class:`~sam4d_core.modeling.ego_pose_encoder.EgoPoseEncoder` of the ego motion
+to it (:func:`pointer_pos_enc`).
 
 Resizing the camera logits to the image and interpolating LiDAR logits to the points are left to
 the caller (they depend on the camera and the sweep, not on the head).
@@ -32,8 +32,8 @@ from torch import nn
 from torch.nn.init import trunc_normal_
 
 from sam4d_core.modeling.blocks import MLP
+from sam4d_core.modeling.ego_pose_encoder import EgoPoseEncoder
 from sam4d_core.modeling.sam.common import get_1d_sine_pe
-from sam4d_core.modeling.sam.ego_pose_encoder import EgoPoseEncoder
 from sam4d_core.modeling.sam.mask_decoder import MODALITIES, DecoderOutput, MaskDecoder
 from sam4d_core.modeling.sam.prompt_encoder import (
     NOT_A_POINT_LABEL,
@@ -42,8 +42,8 @@ from sam4d_core.modeling.sam.prompt_encoder import (
     PromptEncoder3D,
     cross_modal_prompts,
 )
-from sam4d_core.modeling.sam.sparse_ops import VoxelHierarchy
 from sam4d_core.modeling.sam.transformer import TwoWayTransformer
+from sam4d_core.modeling.sparse.hierarchy import VoxelHierarchy
 
 NO_OBJ_SCORE = -1024.0
 """Mask logit written where the object is predicted absent (SAM2's placeholder)."""
