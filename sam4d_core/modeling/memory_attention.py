@@ -14,8 +14,8 @@ once per modality with shared weights, plus cross-modal fusion:
   (encodings added to the keys only), FFN (ReLU, 2048); a final LayerNorm; ``0.1 * pos`` is added
   to the queries once at the input (``pos_enc_at_input``); 1 head, no RoPE.
 
-Verified (read from SAM4D's released config and ``memory_attention.py`` / ``sam4d_base.py`` as
-stored in the code index): module tree and names (``layers.N.{self_attn,cross_attn_image}.
+As released (SAM4D's config and ``memory_attention.py`` / ``sam4d_base.py``): module tree and
+names (``layers.N.{self_attn,cross_attn_image}.
 {q,k,v,out}_proj``, ``linear1``, ``linear2``, ``norm1..3``, ``norm``), ``pos_enc_at_input=True``,
 ``pos_enc_at_attn=False``, ``pos_enc_at_cross_attn_keys=True``, ``pos_enc_at_cross_attn_queries=
 False``, dropout 0.1, ``kv_in_dim = mem_dim = 256``; the memory is the concatenation of both
@@ -30,13 +30,12 @@ them twice); token order inside the memory is free (there is no RoPE, every toke
 encoding).
 
 Options that depart from the release, off by default (``MemoryAttentionConfig``): ``pos_scale``,
-``pos_enc_at_cross_attn_queries`` and ``tie_qk_init``. Together they make a freshly drawn module
-attend by position (measured by ``python -m training.attention_locality``): with UMPE's raw-metre
-encodings at ~15x the token norm and no encoding on the queries, the released form starts, and
-in our CPU training stays, attending to a few keys unrelated to the query's place. They did not
-make the memory-conditioned tokens carry the object (that tool's probe IoUs); the distance bias
-(``distance_scales``, :mod:`~sam4d_core.modeling.token_places`) puts the place into the logits
-directly: ``- gain * distance(query place, key place)``.
+``pos_enc_at_cross_attn_queries`` and ``tie_qk_init`` make a freshly drawn module attend by
+position (UMPE's raw-metre encodings are much larger than the tokens and the released queries
+carry no encoding, so the released form can attend to keys unrelated to the query's place;
+``python -m training.attention_locality`` probes this); the distance bias (``distance_scales``,
+:mod:`~sam4d_core.modeling.token_places`) puts the place into the logits directly:
+``- gain * distance(query place, key place)``.
 
 Also here: the top-level memory parameters of the official model (``maskmem_tpos_enc``,
 ``no_mem_embed``, ``no_mem_pos_enc``, ``no_obj_embed_spatial``, ``mask_downsample_img``,
@@ -394,18 +393,7 @@ class MemoryAttention(nn.Module):
         """
         if image is None and points is None:
             raise ValueError("need image tokens, LiDAR tokens or both")
-        distances: list[torch.Tensor | None] = [None, None]
-        if self.distance_scales is not None:
-            if places is None:
-                raise ValueError("MCMA with distance_scales needs the tokens' places")
-            present = [image is not None, points is not None]
-            found = places.distances(present, memory.shape[1], self.distance_scales)
-            if len(places.memory) != memory.shape[0]:
-                raise ValueError(
-                    f"places of {len(places.memory)} memories for {memory.shape[0]} objects"
-                )
-            it = iter(found)
-            distances = [next(it) if there else None for there in present]
+        distances = self.distance_tables(places, [image is not None, points is not None], memory)
         return self.forward_with_distances(
             image,
             image_pos,
@@ -419,6 +407,33 @@ class MemoryAttention(nn.Module):
             image_distances=distances[0],
             points_distances=distances[1],
         )
+
+    def distance_tables(
+        self, places: AttentionPlaces | None, present: list[bool], memory: torch.Tensor
+    ) -> list[torch.Tensor | None]:
+        """The distance-bias inputs of :meth:`forward_with_distances`.
+
+        Args:
+            places: where every token is (required with ``distance_scales``).
+            present: [image, LiDAR] queries present.
+            memory: (B, L, C_kv) the memory the queries attend to.
+
+        Returns:
+            [image_distances (B or 1, N_img, L + N_pts), points_distances (B or 1, N_pts,
+            L + N_img)] (:meth:`AttentionPlaces.distances`), None for an absent modality; both
+            None without ``distance_scales``.
+        """
+        if self.distance_scales is None:
+            return [None, None]
+        if places is None:
+            raise ValueError("MCMA with distance_scales needs the tokens' places")
+        found = places.distances(present, memory.shape[1], self.distance_scales)
+        if len(places.memory) != memory.shape[0]:
+            raise ValueError(
+                f"places of {len(places.memory)} memories for {memory.shape[0]} objects"
+            )
+        it = iter(found)
+        return [next(it) if there else None for there in present]
 
     def forward_with_distances(
         self,

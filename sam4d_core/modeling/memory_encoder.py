@@ -273,10 +273,12 @@ class Fuser(nn.Module):
         self.proj = nn.Identity()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *context: object) -> torch.Tensor:
+        """``x`` through every block; ``context`` is passed to each (the LiDAR blocks take the
+        sparse tensor whose coordinates the features lie on)."""
         x = self.proj(x)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, *context)
         return x
 
 
@@ -399,20 +401,6 @@ class SparseCXBlock(nn.Module):
         return feats + y
 
 
-class SparseFuser(nn.Module):
-    """Stack of :class:`SparseCXBlock` under ``layers``."""
-
-    def __init__(self, layers: list[SparseCXBlock]) -> None:
-        super().__init__()
-        self.proj = nn.Identity()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, feats: torch.Tensor, template: SparseTensor) -> torch.Tensor:
-        for layer in self.layers:
-            feats = layer(feats, template)
-        return feats
-
-
 class PointMemoryEncoder(nn.Module):
     """SAM4D's LiDAR memory encoder (``memory_encoder.point``).
 
@@ -445,7 +433,7 @@ class PointMemoryEncoder(nn.Module):
             in_dim, mask_kernel_size, mask_stride, mask_total_stride
         )
         self.pix_feat_proj = Conv3d(in_dim, in_dim, kernel_size=1, bias=True)
-        self.fuser = SparseFuser(
+        self.fuser = Fuser(
             [
                 SparseCXBlock(in_dim, fuser_kernel_size, layer_scale_init_value)
                 for _ in range(num_fuser_layers)
@@ -543,7 +531,6 @@ __all__ = [
     "MaskDownSampler",
     "PointMemoryEncoder",
     "SparseCXBlock",
-    "SparseFuser",
     "SparseMaskDownSampler",
     "add_no_object_embedding",
     "build_mask_downsample_img",
