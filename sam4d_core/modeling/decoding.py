@@ -185,6 +185,9 @@ class PromptDecoding:
     def _lidar_prompt_embeddings(
         self, features: FrameFeatures, prompts: Sequence[ObjectPrompts], dense: Sequence[bool]
     ) -> PromptEmbeddings:
+        """LiDAR prompt embeddings of the objects: their 3D clicks / boxes as sparse tokens, and
+        where ``dense`` allows, their LiDAR mask prompt ((N,) per point, averaged into the
+        stride-4 voxels) or voxel mask ((N4,)) as the dense embedding."""
         lid = features.lidar
         assert lid is not None
         dev = self.device
@@ -520,15 +523,18 @@ def _mask_rows(dense: torch.Tensor, rows: torch.Tensor, new: torch.Tensor) -> to
 
 
 def _camera_mask(p: ObjectPrompts, cam_id: int) -> ArrayLike | None:
+    """The object's (H, W) mask prompt on camera ``cam_id``, or None."""
     cp = p.cameras.get(cam_id)
     return None if cp is None else cp.mask
 
 
 def _lidar_mask(p: ObjectPrompts) -> ArrayLike | None:
+    """The object's (N,) per-point LiDAR mask prompt, or None."""
     return None if p.lidar is None else p.lidar.mask
 
 
 def _selected_iou(out: HeadOutput) -> torch.Tensor:
+    """(B,) float32 predicted IoU of the mask the head selected for each object."""
     rows = torch.arange(out.ious.shape[0], device=out.ious.device)
     return out.ious[rows, out.best_index].float()
 

@@ -96,6 +96,7 @@ class ObjectPrompts:
 
     @property
     def is_empty(self) -> bool:
+        """No clicks, box, mask or voxel mask on any view: plain tracking."""
         voxel = self.lidar is not None and self.lidar.voxel_mask is not None
         return not (self.has_clicks or self.has_masks or voxel)
 
@@ -114,6 +115,7 @@ def lidar_prompt_is_empty(p: LidarPrompt) -> bool:
 
 
 def _labels_for(points: ArrayLike, labels: ArrayLike | None, dev: torch.device) -> torch.Tensor:
+    """(N,) int64 click labels of ``points`` (N, 2 or 3), checked to be 0 or 1."""
     if labels is None:
         raise ValueError("point prompts need labels (1 positive, 0 negative)")
     lab = as_tensor(labels, torch.int64, dev).reshape(-1)

@@ -351,6 +351,8 @@ class SAM4D(MemoryConditioning, PromptDecoding, nn.Module):
         camera_ids: tuple[int, ...],
         multi_modal: bool,
     ) -> ImageFeatures:
+        """The present cameras' (H, W, 3) uint8 images, (3, 3) K and (4, 4) cam_from_lidar ->
+        stride-16 tokens, projected stride-4 / stride-8 skips and UMPE encodings."""
         device = self.device
         enc = self.image_encoder
         sizes = tuple((int(np.shape(im)[0]), int(np.shape(im)[1])) for im in images)
@@ -393,6 +395,8 @@ class SAM4D(MemoryConditioning, PromptDecoding, nn.Module):
         )
 
     def _encode_points(self, points: ArrayLike, multi_modal: bool) -> LidarFeatures:
+        """The (N, >=3) sweep (xyz first, LiDAR frame, metres) -> stride-16 tokens, projected
+        stride-4 / stride-8 skips, UMPE encodings and the point <-> voxel bookkeeping."""
         device = self.device
         backbone = self.point_encoder
         pcfg = backbone.config

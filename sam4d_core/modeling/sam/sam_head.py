@@ -257,10 +257,12 @@ class SAMHead(nn.Module):
     # ----------------------------------------------------------------------------------------
 
     def encode_image_prompts(self, img: ImagePrompts, batch_size: int) -> PromptEmbeddings:
+        """Camera prompt embeddings of ``batch_size`` objects (no clicks: one not-a-point)."""
         labels, point_pe = _default_points(img.point_labels, img.point_pe, batch_size, img.features)
         return self.sam_prompt_encoder(labels, point_pe, img.mask)
 
     def encode_lidar_prompts(self, pts: LidarPrompts, batch_size: int) -> PromptEmbeddings:
+        """LiDAR prompt embeddings of ``batch_size`` objects (no clicks: one not-a-point)."""
         labels, point_pe = _default_points(pts.point_labels, pts.point_pe, batch_size, pts.features)
         return self.psam_prompt_encoder(labels, point_pe, pts.mask, hierarchy=pts.hierarchy)
 
@@ -297,6 +299,9 @@ class SAMHead(nn.Module):
         return self.obj_ptr_tpos_proj(get_1d_sine_pe(pos, dim=dim).to(dtype))
 
     def _postprocess(self, out: DecoderOutput, multimask_output: bool) -> HeadOutput:
+        """The decoder's output -> :class:`HeadOutput`: masks of absent objects set to
+        ``NO_OBJ_SCORE``, the selected mask (best predicted IoU when multimask) and its token's
+        object pointer (the released ``_forward_sam_heads`` after the decoder)."""
         masks = out.masks
         b = masks.shape[0]
         if self.pred_obj_scores:
