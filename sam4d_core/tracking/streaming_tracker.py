@@ -9,7 +9,7 @@ at the camera's resolution and per point (:class:`~sam4d_core.tracking.records.S
 
 Prompts (:meth:`StreamingTracker.add_prompts`) refer to a frame by its stamp: the newest frame
 (``stamp=None``), one of the frames of the last ``frame_buffer_s`` seconds (the frame buffer keeps
-their :class:`~sam4d_core.modeling.sam4d_base.FrameFeatures`), or a frame that has not arrived yet.
+their :class:`~sam4d_core.modeling.records.FrameFeatures`), or a frame that has not arrived yet.
 Past-frame prompts ("a click on what the user saw"):
 
 - A stamp matches the buffered frame nearest to it within ``stamp_tolerance_s`` (camera images
