@@ -78,13 +78,19 @@ def _compare(r_torch: Any, r_ort: Any) -> dict[str, float]:
     return out
 
 
-def _trackers(checkpoint: str, onnx_dir: Path, threads: int) -> tuple[Any, Any]:
+def _trackers(
+    checkpoint: str, onnx_dir: Path, threads: int, clock: str = "wall"
+) -> tuple[Any, Any]:
     from sam4d_core.build_sam import build_sam4d
+    from sam4d_core.modeling.profiling import StageClock
     from sam4d_core.tracking.streaming_tracker import StreamingTracker, TrackerConfig
 
-    t = StreamingTracker(build_sam4d(checkpoint=checkpoint).float(), TrackerConfig())
+    models = [build_sam4d(checkpoint=checkpoint).float() for _ in range(2)]
+    for m in models:
+        m.clock = StageClock.named(clock)
+    t = StreamingTracker(models[0], TrackerConfig())
     o = StreamingTracker(
-        build_sam4d(checkpoint=checkpoint).float(),
+        models[1],
         TrackerConfig(runtime="onnxruntime", onnx_dir=str(onnx_dir), runtime_threads=threads),
     )
     return t, o
@@ -95,7 +101,7 @@ def _timing(args: argparse.Namespace, checkpoint: str, onnx_dir: Path) -> dict[s
     from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
 
     frames, desc = load_frames("synthetic", args.points, 12)
-    trackers = _trackers(checkpoint, onnx_dir, args.threads)
+    trackers = _trackers(checkpoint, onnx_dir, args.threads, args.clock)
     xyz = click_points(frames[0], 1)
     prompt = [ObjectPrompt(1, lidar=LidarPrompt(points=xyz[:1], labels=np.array([1])))]
     samples: list[dict[str, list[float]]] = [{k: [] for k, _ in STAGES} for _ in trackers]
@@ -180,7 +186,6 @@ def format_table(res: dict[str, Any]) -> str:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from sam4d_core.modeling.sam4d_base import set_stage_clock
     from sam4d_core.runtime.manifest import MANIFEST_NAME
 
     from .onnx_export import export_onnx
@@ -197,8 +202,6 @@ def run_bench(args: argparse.Namespace) -> int:
 
         print(f"exporting {args.checkpoint} to {onnx_dir} ...", flush=True)
         export_onnx(build_sam4d(checkpoint=args.checkpoint), onnx_dir, checkpoint=args.checkpoint)
-    if args.clock == "cpu":
-        set_stage_clock(time.process_time)
     t0 = time.perf_counter()
     # (Models built outside inference mode; the tracker enters it per step.)
     timing = _timing(args, args.checkpoint, onnx_dir)

@@ -26,7 +26,8 @@ from sam4d_core.checkpoint import (
     summarize_state_dict,
 )
 from sam4d_core.modeling.configs import get_config
-from sam4d_core.modeling.sam4d_base import SAM4D, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.prompts import LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.sam4d_base import SAM4D
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sam4d_core.modeling.sam import EgoPoseEncoder, so3_exp, so3_log
+from sam4d_core.modeling.ego_pose_encoder import EgoPoseEncoder, so3_exp, so3_log
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -180,6 +180,21 @@ def test_auto_impl_on_cpu_is_packed_and_reference_is_loop() -> None:
     assert calls == ["_conv_packed", "_conv_loop"]
 
 
+def test_reference_paths_switch_only_the_calling_thread() -> None:
+    """The node tracks on a worker thread next to the executor: a switch on one thread must not
+    change the paths another thread runs."""
+    import threading
+
+    seen: list[bool] = []
+    with reference_paths():
+        t = threading.Thread(target=lambda: seen.append(use_reference_paths()))
+        t.start()
+        t.join()
+        assert use_reference_paths()
+    assert seen == [False]
+    assert not use_reference_paths()
+
+
 def sweep(n: int = 3000, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     pts = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([60.0, 60.0, 4.0])

@@ -6,17 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sam4d_core.modeling.ego_pose_encoder import EgoPoseEncoder
 from sam4d_core.modeling.sam import (
     NO_OBJ_SCORE,
     PAD_LABEL,
-    EgoPoseEncoder,
     ImagePrompts,
     LidarPrompts,
     SAMHead,
-    VoxelHierarchy,
     pointer_pos_enc,
     use_multimask,
 )
+from sam4d_core.modeling.sparse.hierarchy import VoxelHierarchy
 
 C = 32
 GRID = 4  # image tokens: 4x4 (image 64 px, stride 16)

@@ -17,13 +17,9 @@ import numpy as np
 import torch
 
 from sam4d_core.modeling.configs import get_config
-from sam4d_core.modeling.sam4d_base import (
-    SAM4D,
-    CameraPrompt,
-    LidarPrompt,
-    ObjectMemoryInput,
-    ObjectPrompts,
-)
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.records import ObjectMemoryInput
+from sam4d_core.modeling.sam4d_base import SAM4D
 
 FIXTURE = Path(__file__).parent / "data" / "official_regression.npz"
 K = np.array([[40.0, 0.0, 32.0], [0.0, 40.0, 24.0], [0.0, 0.0, 1.0]])

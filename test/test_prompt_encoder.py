@@ -12,14 +12,18 @@ from sam4d_core.modeling.sam import (
     PAD_LABEL,
     PromptEncoder2D,
     PromptEncoder3D,
-    VoxelHierarchy,
     bev_boxes_to_points_3d,
     boxes3d_to_points,
     boxes_to_points_2d,
     cross_modal_prompts,
+)
+from sam4d_core.modeling.sparse.hierarchy import (
+    SparseDownsample,
+    SparseUpsample,
+    VoxelHierarchy,
+    offset_index,
     scatter_mean,
 )
-from sam4d_core.modeling.sam.sparse_ops import SparseDownsample, SparseUpsample, offset_index
 
 C = 32
 

@@ -356,8 +356,8 @@ def test_official_config_is_exact_release_and_ours_are_not() -> None:
 def test_tracker_and_predictor_honour_the_mode_through_the_config() -> None:
     from sam4d_core.build_sam import build_sam4d
     from sam4d_core.data.synthetic import generate_sequence, make_config
-    from sam4d_core.modeling.sam4d_base import LidarPrompt as ModelLidarPrompt
-    from sam4d_core.modeling.sam4d_base import ObjectPrompts
+    from sam4d_core.modeling.prompts import LidarPrompt as ModelLidarPrompt
+    from sam4d_core.modeling.prompts import ObjectPrompts
     from sam4d_core.tracking.engine import encode_sensor_frame
     from sam4d_core.tracking.offline_predictor import SAM4DPredictor
     from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt

@@ -16,17 +16,11 @@ from sam4d_core.modeling.configs import (
     get_config,
     load_config,
 )
+from sam4d_core.modeling.ego_pose_encoder import so3_exp
 from sam4d_core.modeling.memory_bank import ObjectMemoryBank
-from sam4d_core.modeling.sam import so3_exp
-from sam4d_core.modeling.sam4d_base import (
-    SAM4D,
-    CameraPrompt,
-    FrameFeatures,
-    LidarPrompt,
-    ObjectMemoryInput,
-    ObjectPrompts,
-    TrackOutput,
-)
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.records import FrameFeatures, ObjectMemoryInput, TrackOutput
+from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.modeling.umpe import transform_points
 
 torch.set_num_threads(1)
@@ -649,3 +643,26 @@ def test_memory_places_match_the_gathered_memory(distance_model: SAM4D) -> None:
     with torch.inference_mode():
         out = other.track_step(encode(other, 3), [prompt])
     assert torch.isfinite(out.lidar.point_logits).all()
+
+
+def test_stage_clock_belongs_to_the_model(official_meta: SAM4D) -> None:
+    """Stage timings use the model's own clock (no process-wide setting): a benchmark's CPU
+    clock on one model leaves another model's wall clock alone."""
+    import time
+
+    from sam4d_core.modeling.profiling import StageClock
+
+    assert official_meta.clock.now is time.perf_counter
+    ticks = iter([1.0, 1.5, 2.0, 2.25])
+    clock = StageClock(lambda: next(ticks))
+    timings: dict[str, float] = {}
+    with clock.timer(timings, "stage"):
+        pass
+    with clock.timer(timings, "stage"):
+        pass
+    assert timings == {"stage": 750.0}
+    with clock.timer(None, "stage"):  # no dict: nothing is read or written
+        pass
+    assert StageClock.named("cpu").now is time.process_time
+    with pytest.raises(ValueError):
+        StageClock.named("gpu")

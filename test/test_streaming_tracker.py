@@ -13,7 +13,7 @@ import torch
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.sequence import Frame, Sequence
 from sam4d_core.data.synthetic import generate_sequence, make_config
-from sam4d_core.modeling.sam import so3_exp
+from sam4d_core.modeling.ego_pose_encoder import so3_exp
 from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.tracking.offline_predictor import SAM4DPredictor
 from sam4d_core.tracking.records import (

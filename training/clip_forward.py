@@ -30,20 +30,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sam4d_core.modeling.decoding import allocate_decode_outputs
 from sam4d_core.modeling.memory_bank import select_memory_frames
-from sam4d_core.modeling.sam import HeadOutput
-from sam4d_core.modeling.sam4d_base import (
-    SAM4D,
+from sam4d_core.modeling.prompts import ObjectPrompts
+from sam4d_core.modeling.records import (
     FrameFeatures,
     ImageOutput,
     LidarOutput,
     ObjectMemory,
     ObjectMemoryInput,
-    ObjectPrompts,
     TrackOutput,
-    allocate_decode_outputs,
-    upsample_mask_logits,
 )
+from sam4d_core.modeling.sam import HeadOutput
+from sam4d_core.modeling.sam4d_base import SAM4D, upsample_mask_logits
 from sam4d_core.modeling.sparse import devoxelize
 
 from .config import LossConfig, PromptConfig

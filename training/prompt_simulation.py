@@ -38,7 +38,7 @@ from sam4d_core.evaluation.first_frame_prompts import (
     center_point,
     distance_to_boundary,
 )
-from sam4d_core.modeling.sam4d_base import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
 
 from .config import PromptConfig
 from .datasets import ClipSample, FrameTargets

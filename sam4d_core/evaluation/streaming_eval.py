@@ -248,7 +248,7 @@ class SharedFrameEncoding:
     """Makes several trackers of one model share each frame's encoding.
 
     Inside ``with SharedFrameEncoding(model) as shared:``, ``model.encode_frame`` is computed once
-    per :meth:`new_frame` call and the same :class:`~sam4d_core.modeling.sam4d_base.FrameFeatures`
+    per :meth:`new_frame` call and the same :class:`~sam4d_core.modeling.records.FrameFeatures`
     is returned to every tracker that steps the frame afterwards. Why this works: the trackers
     only read the features (the one mutation, dropping backbone kernel maps, is idempotent and
     never changes a result), and all of them see the same frames with the same camera order.

@@ -267,7 +267,7 @@ def sam4d_small() -> SAM4DConfig:
     voxels), and a memory of the conditioning frame plus 2 recent frames (instead of 6). Hiera
     embed 32 with stages (1, 2, 5, 2), MinkUNet width 16 with one block per stage, d 128, 2
     memory-attention layers with 4 heads, a k3 LiDAR memory fuser (27 instead of 343 kernel
-    offsets), 32 depth bins (1 m + 2.4 m k). Measured trade-offs are in the report of issue 4.
+    offsets), 32 depth bins (1 m + 2.4 m k).
     """
     d = 128
     return SAM4DConfig(

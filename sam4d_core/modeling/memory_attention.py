@@ -14,8 +14,8 @@ once per modality with shared weights, plus cross-modal fusion:
   (encodings added to the keys only), FFN (ReLU, 2048); a final LayerNorm; ``0.1 * pos`` is added
   to the queries once at the input (``pos_enc_at_input``); 1 head, no RoPE.
 
-Verified (read from SAM4D's released config and ``memory_attention.py`` / ``sam4d_base.py`` as
-stored in the code index): module tree and names (``layers.N.{self_attn,cross_attn_image}.
+As released (SAM4D's config and ``memory_attention.py`` / ``sam4d_base.py``): module tree and
+names (``layers.N.{self_attn,cross_attn_image}.
 {q,k,v,out}_proj``, ``linear1``, ``linear2``, ``norm1..3``, ``norm``), ``pos_enc_at_input=True``,
 ``pos_enc_at_attn=False``, ``pos_enc_at_cross_attn_keys=True``, ``pos_enc_at_cross_attn_queries=
 False``, dropout 0.1, ``kv_in_dim = mem_dim = 256``; the memory is the concatenation of both
@@ -30,13 +30,12 @@ them twice); token order inside the memory is free (there is no RoPE, every toke
 encoding).
 
 Options that depart from the release, off by default (``MemoryAttentionConfig``): ``pos_scale``,
-``pos_enc_at_cross_attn_queries`` and ``tie_qk_init``. Together they make a freshly drawn module
-attend by position (measured by ``python -m training.attention_locality``): with UMPE's raw-metre
-encodings at ~15x the token norm and no encoding on the queries, the released form starts, and
-in our CPU training stays, attending to a few keys unrelated to the query's place. They did not
-make the memory-conditioned tokens carry the object (that tool's probe IoUs); the distance bias
-(``distance_scales``, :mod:`~sam4d_core.modeling.token_places`) puts the place into the logits
-directly: ``- gain * distance(query place, key place)``.
+``pos_enc_at_cross_attn_queries`` and ``tie_qk_init`` make a freshly drawn module attend by
+position (UMPE's raw-metre encodings are much larger than the tokens and the released queries
+carry no encoding, so the released form can attend to keys unrelated to the query's place;
+``python -m training.attention_locality`` probes this); the distance bias (``distance_scales``,
+:mod:`~sam4d_core.modeling.token_places`) puts the place into the logits directly:
+``- gain * distance(query place, key place)``.
 
 Also here: the top-level memory parameters of the official model (``maskmem_tpos_enc``,
 ``no_mem_embed``, ``no_mem_pos_enc``, ``no_obj_embed_spatial``, ``mask_downsample_img``,
@@ -55,110 +54,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
+from sam4d_core.modeling.blocks import Attention
 from sam4d_core.modeling.memory_encoder import build_mask_downsample_img, build_mask_downsample_pts
 from sam4d_core.modeling.token_places import DistanceScales, DistanceTable, PlaceSegment
-
-
-class Attention(nn.Module):
-    """SAM-style multi-head attention with separate q/k/v/out projections and key padding masks.
-
-    Args:
-        embedding_dim: query (and output) width.
-        num_heads: attention heads.
-        downsample_rate: internal width = ``embedding_dim // downsample_rate``.
-        dropout: attention-probability dropout (training only).
-        kv_in_dim: key/value input width (default ``embedding_dim``).
-
-    State-dict names follow SAM2 (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``).
-    """
-
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_heads: int = 1,
-        downsample_rate: int = 1,
-        dropout: float = 0.0,
-        kv_in_dim: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.embedding_dim = embedding_dim
-        self.kv_in_dim = kv_in_dim if kv_in_dim is not None else embedding_dim
-        self.internal_dim = embedding_dim // downsample_rate
-        self.num_heads = num_heads
-        if self.internal_dim % num_heads != 0:
-            raise ValueError("num_heads must divide embedding_dim // downsample_rate")
-        self.dropout_p = dropout
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, H * d) -> (B, H, N, d)."""
-        b, n, _ = x.shape
-        return x.reshape(b, n, self.num_heads, -1).transpose(1, 2)
-
-    def project_q(self, q: torch.Tensor) -> torch.Tensor:
-        """(B, Nq, embedding_dim) -> (B, H, Nq, d)."""
-        return self._heads(self.q_proj(q))
-
-    def project_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, Nk, kv_in_dim) keys and values -> two (B, H, Nk, d)."""
-        return self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-
-    def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        key_valid: torch.Tensor | None = None,
-        bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Attention on projected heads.
-
-        Args:
-            q: (B, H, Nq, d); k, v: (B, H, Nk, d) (batch sizes must match).
-            key_valid: optional (B, Nk) bool, True for real keys. A query whose keys are all
-                padding gets a zero update (instead of SDPA's NaN).
-            bias: optional (B or 1, H or 1, Nq, Nk) float added to the attention logits; this
-                call may overwrite it (padded keys set to -inf).
-
-        Returns:
-            (B, Nq, embedding_dim) after ``out_proj``.
-        """
-        mask: torch.Tensor | None = None
-        has_key = None
-        if key_valid is not None:
-            has_key = key_valid.any(dim=1)  # (B,)
-            # Rows without any valid key attend to everything (finite result) and are zeroed
-            # below; torch.where keeps this free of data-dependent control flow (ONNX).
-            safe = key_valid | ~has_key[:, None]
-            mask = safe[:, None, None, :]
-        if bias is not None:
-            bias = bias.to(q.dtype)
-            if mask is not None and mask.shape[0] == bias.shape[0]:
-                bias = bias.masked_fill_(~mask, float("-inf"))  # no second Nq x Nk tensor
-            elif mask is not None:
-                bias = torch.where(mask, bias, float("-inf"))
-            mask = bias
-        p = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        b, h, n, d = out.shape
-        out = self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
-        if has_key is not None:
-            out = out * has_key[:, None, None].to(out.dtype)
-        return out
-
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        key_valid: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """q (B, Nq, C), k/v (B, Nk, C_kv), key_valid (B, Nk) bool -> (B, Nq, C)."""
-        kh, vh = self.project_kv(k, v)
-        return self.attend(self.project_q(q), kh, vh, key_valid)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -495,18 +393,7 @@ class MemoryAttention(nn.Module):
         """
         if image is None and points is None:
             raise ValueError("need image tokens, LiDAR tokens or both")
-        distances: list[torch.Tensor | None] = [None, None]
-        if self.distance_scales is not None:
-            if places is None:
-                raise ValueError("MCMA with distance_scales needs the tokens' places")
-            present = [image is not None, points is not None]
-            found = places.distances(present, memory.shape[1], self.distance_scales)
-            if len(places.memory) != memory.shape[0]:
-                raise ValueError(
-                    f"places of {len(places.memory)} memories for {memory.shape[0]} objects"
-                )
-            it = iter(found)
-            distances = [next(it) if there else None for there in present]
+        distances = self.distance_tables(places, [image is not None, points is not None], memory)
         return self.forward_with_distances(
             image,
             image_pos,
@@ -520,6 +407,33 @@ class MemoryAttention(nn.Module):
             image_distances=distances[0],
             points_distances=distances[1],
         )
+
+    def distance_tables(
+        self, places: AttentionPlaces | None, present: list[bool], memory: torch.Tensor
+    ) -> list[torch.Tensor | None]:
+        """The distance-bias inputs of :meth:`forward_with_distances`.
+
+        Args:
+            places: where every token is (required with ``distance_scales``).
+            present: [image, LiDAR] queries present.
+            memory: (B, L, C_kv) the memory the queries attend to.
+
+        Returns:
+            [image_distances (B or 1, N_img, L + N_pts), points_distances (B or 1, N_pts,
+            L + N_img)] (:meth:`AttentionPlaces.distances`), None for an absent modality; both
+            None without ``distance_scales``.
+        """
+        if self.distance_scales is None:
+            return [None, None]
+        if places is None:
+            raise ValueError("MCMA with distance_scales needs the tokens' places")
+        found = places.distances(present, memory.shape[1], self.distance_scales)
+        if len(places.memory) != memory.shape[0]:
+            raise ValueError(
+                f"places of {len(places.memory)} memories for {memory.shape[0]} objects"
+            )
+        it = iter(found)
+        return [next(it) if there else None for there in present]
 
     def forward_with_distances(
         self,
@@ -644,25 +558,6 @@ class MemoryAttention(nn.Module):
         if points is not None:
             points_out = normed[idx]
         return image_out, points_out
-
-
-def build_memory_attention(
-    d_model: int = 256,
-    num_layers: int = 4,
-    dim_feedforward: int = 2048,
-    num_heads: int = 1,
-    dropout: float = 0.1,
-    mem_dim: int | None = None,
-) -> MemoryAttention:
-    """MCMA with SAM4D's fixed choices (pre-norm, no RoPE, encodings on keys, cross-modal)."""
-    return MemoryAttention(
-        d_model=d_model,
-        num_layers=num_layers,
-        dim_feedforward=dim_feedforward,
-        num_heads=num_heads,
-        dropout=dropout,
-        kv_in_dim=mem_dim,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -805,13 +700,11 @@ def pack_memories(
 
 
 __all__ = [
-    "Attention",
     "AttentionPlaces",
     "MemoryAttention",
     "MemoryAttentionLayer",
     "add_no_memory_embedding",
     "add_temporal_encoding",
-    "build_memory_attention",
     "object_pointer_time_encoding",
     "pack_memories",
     "pack_sequences",

@@ -46,6 +46,7 @@ import math
 import torch
 from torch import nn
 
+from sam4d_core.modeling.blocks import LayerNorm2d
 from sam4d_core.modeling.sparse import Conv3d, SparseCache, SparseTensor
 from sam4d_core.modeling.sparse.conv import sparse_conv3d_objects
 from sam4d_core.modeling.sparse.voxelize import scatter_mean
@@ -111,22 +112,6 @@ def add_no_object_embedding(
 
 # ---------------------------------------------------------------------------------------------
 # Image memory encoder (plain torch).
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, H, W) map (parameters ``weight``, ``bias``)."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
 def _num_down_layers(total_stride: int, stride: int) -> int:
@@ -288,10 +273,12 @@ class Fuser(nn.Module):
         self.proj = nn.Identity()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *context: object) -> torch.Tensor:
+        """``x`` through every block; ``context`` is passed to each (the LiDAR blocks take the
+        sparse tensor whose coordinates the features lie on)."""
         x = self.proj(x)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, *context)
         return x
 
 
@@ -414,20 +401,6 @@ class SparseCXBlock(nn.Module):
         return feats + y
 
 
-class SparseFuser(nn.Module):
-    """Stack of :class:`SparseCXBlock` under ``layers``."""
-
-    def __init__(self, layers: list[SparseCXBlock]) -> None:
-        super().__init__()
-        self.proj = nn.Identity()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, feats: torch.Tensor, template: SparseTensor) -> torch.Tensor:
-        for layer in self.layers:
-            feats = layer(feats, template)
-        return feats
-
-
 class PointMemoryEncoder(nn.Module):
     """SAM4D's LiDAR memory encoder (``memory_encoder.point``).
 
@@ -460,7 +433,7 @@ class PointMemoryEncoder(nn.Module):
             in_dim, mask_kernel_size, mask_stride, mask_total_stride
         )
         self.pix_feat_proj = Conv3d(in_dim, in_dim, kernel_size=1, bias=True)
-        self.fuser = SparseFuser(
+        self.fuser = Fuser(
             [
                 SparseCXBlock(in_dim, fuser_kernel_size, layer_scale_init_value)
                 for _ in range(num_fuser_layers)
@@ -555,11 +528,9 @@ __all__ = [
     "CXBlock",
     "Fuser",
     "ImageMemoryEncoder",
-    "LayerNorm2d",
     "MaskDownSampler",
     "PointMemoryEncoder",
     "SparseCXBlock",
-    "SparseFuser",
     "SparseMaskDownSampler",
     "add_no_object_embedding",
     "build_mask_downsample_img",

@@ -22,28 +22,44 @@ and so that a suspected regression can be bisected without editing code.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-_reference = False
+
+class _PathChoice(threading.local):
+    """Which implementations run, per thread.
+
+    Thread-local, not a module global: the ROS node runs the tracker on a worker thread next to
+    the executor's threads in one process, and a test or benchmark that switches to the reference
+    paths on its own thread must not switch another thread's tracking midway. Passing the choice
+    as an argument instead would thread it through every sparse-conv, kernel-map and voxelization
+    call for a switch that only tests and bisection use.
+    """
+
+    reference: bool = False
+
+
+_choice = _PathChoice()
 
 
 def use_reference_paths() -> bool:
-    """True inside :func:`reference_paths`: optimized code falls back to the reference code."""
-    return _reference
+    """True inside :func:`reference_paths` on this thread: optimized code falls back to the
+    reference code."""
+    return _choice.reference
 
 
 @contextmanager
 def reference_paths(enabled: bool = True) -> Iterator[None]:
-    """Runs the block on the reference implementations (``enabled=False``: the fast ones)."""
-    global _reference
-    previous, _reference = _reference, enabled
+    """Runs the block on the reference implementations (``enabled=False``: the fast ones); only
+    the calling thread is affected."""
+    previous, _choice.reference = _choice.reference, enabled
     try:
         yield
     finally:
-        _reference = previous
+        _choice.reference = previous
 
 
 def parameter_state(*tensors: torch.Tensor) -> tuple:
@@ -55,7 +71,7 @@ def parameter_state(*tensors: torch.Tensor) -> tuple:
 def use_inference_caches() -> bool:
     """Values derived only from parameters (constant for a frozen model) may be cached: fast
     paths on and no gradient being recorded."""
-    return not _reference and not torch.is_grad_enabled()
+    return not _choice.reference and not torch.is_grad_enabled()
 
 
 __all__ = ["parameter_state", "reference_paths", "use_inference_caches", "use_reference_paths"]

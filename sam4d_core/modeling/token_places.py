@@ -1,13 +1,10 @@
 """Where MCMA's tokens are, and how far apart: the geometry of MCMA's optional distance bias.
 
 Not part of the released SAM4D (its memory attention knows places only through the positional
-encodings added to the keys). Measured on our small model (``python -m
-training.attention_locality``), those encodings do not make MCMA attend by place: a linear
-readout finds each object in the memory tokens but not in the memory-conditioned tokens, and a
-fixed +10 logit on the memory token at the query's own place makes the conditioned tokens
-readable. The distance bias makes that logit real, under ego motion and across modalities:
-``logit -= gain * distance(query place, key place)`` (see
-:class:`~sam4d_core.modeling.memory_attention.MemoryAttention`).
+encodings added to the keys, which need not make it attend by place; ``python -m
+training.attention_locality`` probes that). The distance bias puts the place into the logits
+directly, under ego motion and across modalities: ``logit -= gain * distance(query place, key
+place)`` (see :class:`~sam4d_core.modeling.memory_attention.MemoryAttention`).
 
 A token's place, in the current LiDAR frame:
 

@@ -38,14 +38,13 @@ Normalisation: released, none. Ray points and LiDAR coordinates enter the MLP an
 metres in the LiDAR frame, as in the released code (read from its source, not a choice of ours).
 The MLP part is added only when ``multi_modal`` is True: the released model adds it only when
 both modalities are present in the frame. ``coord_scale`` (1.0 released) multiplies the MLP's
-input coordinates. Why it exists: on raw metres a freshly drawn MLP gives encodings ~10x the
-token norm (32 ray samples out to ~75 m), mostly one component common to every position.
-Attention on tokens plus such encodings is saturated (one key takes all the weight) and blind to
-position: measured on our small model trained that way (``python -m
-training.attention_locality``), the decoder's click token put its weight on one cell unrelated
-to the click. Metres in units of 20 m (``coord_scale`` 0.05, sam4d_small) keep a fresh MLP's
-encodings at the tokens' scale. For the same reason sam4d_small's 2D sine part reaches 6 periods
-across the image (``sine_scale``; released 2 pi: one period, too coarse to tell 24 columns apart).
+input coordinates. Why it exists: on raw metres (ray samples out to tens of metres) a freshly
+drawn MLP gives encodings far larger than the tokens, mostly one component common to every
+position, so attention on tokens plus such encodings saturates (one key takes all the weight)
+and is blind to position. Metres in units of 20 m (``coord_scale`` 0.05, sam4d_small) keep a
+fresh MLP's encodings at the tokens' scale. For the same reason sam4d_small's 2D sine part
+reaches 6 periods across the image (``sine_scale``; released 2 pi: one period, too coarse to
+tell 24 columns apart).
 
 Conventions: ``K`` (B, 3, 3) upper-triangular pinhole intrinsics *at the model input size* (see
 :func:`~sam4d_core.modeling.backbones.image_encoder.scale_intrinsics`); ``lidar_from_cam``

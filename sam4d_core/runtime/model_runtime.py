@@ -99,9 +99,8 @@ class ModelRuntime:
             ),
         }
         if attention.distance_scales is not None:
-            if places is None:
-                raise ValueError("MCMA with distance_scales needs the tokens' places")
-            d_img, d_pts = places.distances([True, True], length, attention.distance_scales)
+            d_img, d_pts = attention.distance_tables(places, [True, True], memory)
+            assert d_img is not None and d_pts is not None
             # The graph takes per-object tables (no broadcasting axis in its signature).
             inputs["image_distances"] = d_img.expand(b, -1, -1)
             inputs["points_distances"] = d_pts.expand(b, -1, -1)

@@ -23,7 +23,7 @@ What stays in PyTorch, and why:
 - UMPE encodings (calibration and geometry only: a few small MLPs on the rays of the token grid,
   the LiDAR token centroids and the clicks; recomputed per memory under ego motion) and the
   distance-bias tables of MCMA: they are computed from Python-side bookkeeping (which memory
-  came from which frame, ragged token counts) once per frame and cost ~1 ms; the stages take them
+  came from which frame, ragged token counts) once per frame and are cheap; the stages take them
   as inputs;
 - prompt encoding (label embeddings added to the clicks' UMPE, ragged click lists padded per
   object) and the multimask selection (an argmax): bookkeeping around the decoder stages.

@@ -46,8 +46,9 @@ import torch
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.sequence import Frame
 from sam4d_core.modeling.configs import CONFIGS, config_to_dict, get_config
+from sam4d_core.modeling.profiling import StageClock
 from sam4d_core.modeling.reference_paths import reference_paths
-from sam4d_core.modeling.sam4d_base import SAM4D, set_stage_clock
+from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
 from sam4d_core.tracking.streaming_tracker import StreamingTracker, TrackerConfig
 
@@ -190,14 +191,17 @@ def run_config(
     log: Any = sys.stdout,
     amp: str = "off",
     compile_image: bool = False,
+    clock: str = "wall",
 ) -> dict[str, Any]:
     """Times ``name`` on ``device`` for each (objects, cameras) case; ``amp`` runs the steps
-    under autocast (bf16 / fp16), ``compile_image`` compiles the image encoder first."""
+    under autocast (bf16 / fp16), ``compile_image`` compiles the image encoder first, ``clock``
+    is the stage clock (:meth:`StageClock.named`)."""
     torch.manual_seed(0)
     if name.endswith(".pt"):  # a checkpoint: the model it embeds, with its weights
         model = build_sam4d(checkpoint=name, device=device)
     else:
         model = build_sam4d(name, device=device)
+    model.clock = StageClock.named(clock)
     if compile_image:
         image = model.pure_model.backbone["image"]
         model.pure_model.backbone["image"] = torch.compile(image)
@@ -316,8 +320,6 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.clock == "cpu":
-        set_stage_clock(time.process_time)
     if args.reference:
         stack.enter_context(reference_paths())
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -364,6 +366,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
             args.warmup,
             amp=args.amp,
             compile_image=args.compile,
+            clock=args.clock,
         )
         result["runs"].append(run)
     result["load_avg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None

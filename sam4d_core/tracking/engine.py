@@ -41,19 +41,10 @@ import torch
 
 from sam4d_core.data.sequence import Frame
 from sam4d_core.modeling.memory_bank import MemoryBankConfig, ObjectMemoryBank
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.records import FrameFeatures, ObjectMemory, ObjectMemoryInput, TrackOutput
 from sam4d_core.modeling.sam import NO_OBJ_SCORE
-from sam4d_core.modeling.sam4d_base import (
-    SAM4D,
-    CameraPrompt,
-    FrameFeatures,
-    LidarPrompt,
-    ObjectMemory,
-    ObjectMemoryInput,
-    ObjectPrompts,
-    TrackOutput,
-    stage_timer,
-    upsample_mask_logits,
-)
+from sam4d_core.modeling.sam4d_base import SAM4D, upsample_mask_logits
 from sam4d_core.modeling.sparse import devoxelize
 
 # SAM2 clamps the previous logits it feeds back as a dense prompt ("rare numerical issues").
@@ -485,7 +476,7 @@ def run_frame(
         )
     if run:
         out = model.track_step(features, [jobs[i].prompts for i in run], memories, timings=timings)
-        with stage_timer(timings, "memory_encoder", model.device):
+        with model.clock.timer(timings, "memory_encoder", model.device):
             mems = model.encode_memory(features, out)
         for k, i in enumerate(run):
             job = jobs[i]

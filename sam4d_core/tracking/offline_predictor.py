@@ -46,13 +46,9 @@ from sam4d_core.data.sequence import CameraFrame, Frame
 from sam4d_core.data.sequence import Sequence as SensorSequence
 from sam4d_core.data.waymo4dseg import _load_image, _load_points
 from sam4d_core.modeling.memory_bank import MemoryBankConfig
-from sam4d_core.modeling.sam4d_base import (
-    SAM4D,
-    CameraPrompt,
-    FrameFeatures,
-    LidarPrompt,
-    ObjectPrompts,
-)
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.records import FrameFeatures
+from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.tracking.engine import (
     NO_OBJ_SCORE,
     ObjectFrameOutput,
@@ -641,18 +637,6 @@ class SAM4DPredictor:
         return out
 
 
-def build_sam4d_predictor(
-    config: str | None = None,
-    checkpoint: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    **kwargs: Any,
-) -> SAM4DPredictor:
-    """A predictor around :func:`~sam4d_core.build_sam.build_sam4d` (same arguments)."""
-    from sam4d_core.build_sam import build_sam4d
-
-    return SAM4DPredictor(build_sam4d(config, checkpoint, device=device), **kwargs)
-
-
 # ---------------------------------------------------------------------------------------------
 # Helpers.
 
@@ -766,5 +750,4 @@ __all__ = [
     "NO_OBJ_SCORE",
     "InferenceState",
     "SAM4DPredictor",
-    "build_sam4d_predictor",
 ]

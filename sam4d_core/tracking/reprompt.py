@@ -57,7 +57,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from sam4d_core.data.sequence import Frame
-from sam4d_core.modeling.sam4d_base import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
 
 
 @dataclass

@@ -9,7 +9,7 @@ at the camera's resolution and per point (:class:`~sam4d_core.tracking.records.S
 
 Prompts (:meth:`StreamingTracker.add_prompts`) refer to a frame by its stamp: the newest frame
 (``stamp=None``), one of the frames of the last ``frame_buffer_s`` seconds (the frame buffer keeps
-their :class:`~sam4d_core.modeling.sam4d_base.FrameFeatures`), or a frame that has not arrived yet.
+their :class:`~sam4d_core.modeling.records.FrameFeatures`), or a frame that has not arrived yet.
 Past-frame prompts ("a click on what the user saw"):
 
 - A stamp matches the buffered frame nearest to it within ``stamp_tolerance_s`` (camera images
@@ -53,14 +53,9 @@ import torch
 
 from sam4d_core.data.sequence import Frame
 from sam4d_core.modeling.memory_bank import MemoryBankConfig
-from sam4d_core.modeling.sam4d_base import (
-    SAM4D,
-    CameraPrompt,
-    FrameFeatures,
-    LidarPrompt,
-    ObjectPrompts,
-    stage_clock,
-)
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.modeling.records import FrameFeatures
+from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.runtime.model_runtime import install_runtime
 from sam4d_core.tracking.engine import (
     ObjectFrameOutput,
@@ -315,7 +310,7 @@ class StreamingTracker:
         neither a camera image nor a point, or one not newer than the newest frame.
         """
         with self._lock, torch.inference_mode():
-            t0 = stage_clock()
+            t0 = self.model.clock.now()
             timings: dict[str, float] = {}
             ts = float(frame.timestamp)
             if self._buffer and ts <= self._buffer[-1].timestamp:
@@ -369,7 +364,7 @@ class StreamingTracker:
             states, outs = self._with_lost(bf, jobs, outs, lost)
             objects = self._results(bf, states, outs, timings, lost)
             self._latest = {r.object_id: r for r in objects}
-            timings["total"] = (stage_clock() - t0) * 1e3
+            timings["total"] = (self.model.clock.now() - t0) * 1e3
             return StepResult(ts, bf.index, objects, timings)
 
     # ------------------------------------------------------------------ prompts
@@ -386,7 +381,7 @@ class StreamingTracker:
             (stamped after the newest frame) or ``prompts`` is empty.
         """
         with self._lock, torch.inference_mode():
-            t0 = stage_clock()
+            t0 = self.model.clock.now()
             if not prompts:
                 return None
             if not self._buffer:
@@ -426,7 +421,7 @@ class StreamingTracker:
             first = self._replay(requests, timings)
             newest = self._buffer[-1]
             objects = [self._latest[o] for o in self._objects if o in self._latest]
-            timings["total"] = (stage_clock() - t0) * 1e3
+            timings["total"] = (self.model.clock.now() - t0) * 1e3
             return StepResult(newest.timestamp, newest.index, objects, timings, replayed_from=first)
 
     def remove_objects(self, ids: Iterable[int]) -> list[int]:
@@ -657,9 +652,9 @@ class StreamingTracker:
         predicted segment beside the memory (re-prompting); None when it is lost."""
         if self._reprompter is None or sensors is None:
             return ObjectJob(st)
-        t0 = stage_clock()
+        t0 = self.model.clock.now()
         rp = self._reprompter.plan(st.obj_id, sensors)
-        timings["reprompt"] = timings.get("reprompt", 0.0) + (stage_clock() - t0) * 1e3
+        timings["reprompt"] = timings.get("reprompt", 0.0) + (self.model.clock.now() - t0) * 1e3
         if rp is None:
             return ObjectJob(st)
         if rp.lost:
@@ -681,7 +676,7 @@ class StreamingTracker:
         rep = self._reprompter
         if rep is None or sensors is None:
             return
-        t0 = stage_clock()
+        t0 = self.model.clock.now()
         for oid in lost:
             rep.miss(oid, bf.index)
         if not jobs:
@@ -698,7 +693,7 @@ class StreamingTracker:
                 cams = {cam: low[row] for row, cam in enumerate(o.camera_ids)}
             mask = None if masks is None else masks[i]
             rep.observe(job.state.obj_id, sensors, mask, presence, cams)
-        timings["reprompt"] = timings.get("reprompt", 0.0) + (stage_clock() - t0) * 1e3
+        timings["reprompt"] = timings.get("reprompt", 0.0) + (self.model.clock.now() - t0) * 1e3
 
     def _with_lost(
         self,
@@ -730,7 +725,7 @@ class StreamingTracker:
         lost: set[int] | None = None,
     ) -> list[ObjectResult]:
         """Per-object records at the sensors' resolution (numpy, on the CPU)."""
-        t0 = stage_clock()
+        t0 = self.model.clock.now()
         if not states:
             return []
         logits = sensor_logits(bf.features, outs)
@@ -775,7 +770,9 @@ class StreamingTracker:
                     lost=lost is not None and st.obj_id in lost,
                 )
             )
-        timings["postprocess"] = timings.get("postprocess", 0.0) + (stage_clock() - t0) * 1e3
+        timings["postprocess"] = (
+            timings.get("postprocess", 0.0) + (self.model.clock.now() - t0) * 1e3
+        )
         return results
 
 

@@ -52,7 +52,9 @@ import torch.nn.functional as F
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.modeling.memory_attention import MemoryAttention
 from sam4d_core.modeling.memory_bank import select_memory_frames
-from sam4d_core.modeling.sam4d_base import SAM4D, FrameFeatures, ObjectMemoryInput, ObjectPrompts
+from sam4d_core.modeling.prompts import ObjectPrompts
+from sam4d_core.modeling.records import FrameFeatures, ObjectMemoryInput
+from sam4d_core.modeling.sam4d_base import SAM4D
 
 from ..config import PromptConfig, TrainConfig, load_train_config
 from ..datasets import ClipDataset, ClipSample, build_source

@@ -57,20 +57,15 @@ from sam4d_core.modeling.sparse.voxelize import (
 )
 
 
-class BasicBlock(nn.Module):
-    """Residual block: two k3 convs with BatchNorm, a 1x1 conv shortcut when channels change."""
+class _ResidualBlock(nn.Module):
+    """``relu(net(x) + downsample(x))``: the residual path ``net`` plus the shortcut, a 1x1 conv
+    with BatchNorm when the channels change (identity otherwise)."""
 
     expansion = 1
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+    def __init__(self, net: nn.Sequential, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            Conv3d(in_channels, out_channels, kernel_size),
-            BatchNorm(out_channels),
-            ReLU(True),
-            Conv3d(out_channels, out_channels, kernel_size),
-            BatchNorm(out_channels),
-        )
+        self.net = net
         if in_channels == out_channels:
             self.downsample: nn.Module = nn.Identity()
         else:
@@ -83,14 +78,25 @@ class BasicBlock(nn.Module):
         return self.relu(self.net(x) + self.downsample(x))
 
 
-class Bottleneck(nn.Module):
-    """Bottleneck residual block of SAM4D's deeper variants (1x1 - k3 - 1x1, no expansion)."""
-
-    expansion = 1
+class BasicBlock(_ResidualBlock):
+    """Residual block: two k3 convs with BatchNorm, a 1x1 conv shortcut when channels change."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
+        net = nn.Sequential(
+            Conv3d(in_channels, out_channels, kernel_size),
+            BatchNorm(out_channels),
+            ReLU(True),
+            Conv3d(out_channels, out_channels, kernel_size),
+            BatchNorm(out_channels),
+        )
+        super().__init__(net, in_channels, out_channels)
+
+
+class Bottleneck(_ResidualBlock):
+    """Bottleneck residual block of SAM4D's deeper variants (1x1 - k3 - 1x1, no expansion)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        net = nn.Sequential(
             Conv3d(in_channels, out_channels, 1),
             BatchNorm(out_channels),
             ReLU(True),
@@ -100,16 +106,7 @@ class Bottleneck(nn.Module):
             Conv3d(out_channels, out_channels, 1),
             BatchNorm(out_channels),
         )
-        if in_channels == out_channels:
-            self.downsample: nn.Module = nn.Identity()
-        else:
-            self.downsample = nn.Sequential(
-                Conv3d(in_channels, out_channels, 1), BatchNorm(out_channels)
-            )
-        self.relu = ReLU(True)
-
-    def forward(self, x: SparseTensor) -> SparseTensor:
-        return self.relu(self.net(x) + self.downsample(x))
+        super().__init__(net, in_channels, out_channels)
 
 
 class ConvBlock(nn.Module):

@@ -1,12 +1,12 @@
 """SAM4D's SAM head: camera/LiDAR prompt encoders, the shared two-way mask decoder with its image
-and sparse LiDAR upsampling heads, IoU / object-score heads, object pointers and their ego-pose
-encoder.
+and sparse LiDAR upsampling heads, IoU / object-score heads and object pointers.
 
 Layout mirrors SAM2 (``sam2/modeling/sam/``) and the official state dict
-(``pure_model.head.sam.*`` = :class:`SAMHead`; ``ego_pose_encoder.*`` = :class:`EgoPoseEncoder`).
+(``pure_model.head.sam.*`` = :class:`SAMHead`). The pointers' ego-pose encoder (top-level
+``ego_pose_encoder.*``) is :mod:`sam4d_core.modeling.ego_pose_encoder`; the voxel hierarchy of the
+LiDAR branch is :mod:`sam4d_core.modeling.sparse.hierarchy`.
 """
 
-from sam4d_core.modeling.sam.ego_pose_encoder import EgoPoseEncoder, so3_exp, so3_log
 from sam4d_core.modeling.sam.mask_decoder import DecoderOutput, MaskDecoder
 from sam4d_core.modeling.sam.prompt_encoder import (
     BOX_MAX_CORNER_LABEL,
@@ -32,8 +32,7 @@ from sam4d_core.modeling.sam.sam_head import (
     pointer_pos_enc,
     use_multimask,
 )
-from sam4d_core.modeling.sam.sparse_ops import VoxelHierarchy, scatter_mean
-from sam4d_core.modeling.sam.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
+from sam4d_core.modeling.sam.transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
     "BOX_MAX_CORNER_LABEL",
@@ -43,9 +42,7 @@ __all__ = [
     "NO_OBJ_SCORE",
     "PAD_LABEL",
     "POSITIVE_LABEL",
-    "Attention",
     "DecoderOutput",
-    "EgoPoseEncoder",
     "HeadOutput",
     "ImagePrompts",
     "LidarPrompts",
@@ -56,14 +53,10 @@ __all__ = [
     "SAMHead",
     "TwoWayAttentionBlock",
     "TwoWayTransformer",
-    "VoxelHierarchy",
     "bev_boxes_to_points_3d",
     "boxes3d_to_points",
     "boxes_to_points_2d",
     "cross_modal_prompts",
     "pointer_pos_enc",
-    "scatter_mean",
-    "so3_exp",
-    "so3_log",
     "use_multimask",
 ]

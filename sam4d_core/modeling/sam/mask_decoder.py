@@ -27,14 +27,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sam4d_core.modeling.sam.common import MLP, LayerNorm2d, expand_batch
-from sam4d_core.modeling.sam.sparse_ops import (
+from sam4d_core.modeling.blocks import MLP, LayerNorm2d
+from sam4d_core.modeling.sam.common import expand_batch
+from sam4d_core.modeling.sam.transformer import TwoWayTransformer
+from sam4d_core.modeling.sparse.hierarchy import (
     PointwiseConv,
     SparseUpsample,
     VoxelHierarchy,
     batch_norm_objects,
 )
-from sam4d_core.modeling.sam.transformer import TwoWayTransformer
 
 MODALITIES = ("img", "pts")
 

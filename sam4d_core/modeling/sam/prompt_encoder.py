@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam4d_core.modeling.sam.common import LayerNorm2d
-from sam4d_core.modeling.sam.sparse_ops import (
+from sam4d_core.modeling.blocks import LayerNorm2d
+from sam4d_core.modeling.sparse.hierarchy import (
     PointwiseConv,
     SparseDownsampleBlock,
     VoxelHierarchy,
@@ -273,7 +273,7 @@ class PromptEncoder3D(_PointEmbedder):
     prompt is a value per stride-4 voxel (the resolution of the decoder's LiDAR logits), brought
     down to the stride-16 tokens by two 2x2x2 strided sparse convs with BatchNorm + ReLU and a
     1x1x1 conv, as released. A per-point mask is first averaged into the stride-4 voxels
-    (:func:`sam4d_core.modeling.sam.sparse_ops.scatter_mean`).
+    (:func:`sam4d_core.modeling.sparse.hierarchy.scatter_mean`).
 
     Args:
         embed_dim: token width (256).

@@ -15,8 +15,8 @@ One call decodes B objects on one frame in the camera and/or LiDAR modality:
 
 Each modality yields its own pointer, as released. The temporal encoding of stored pointers is
 :meth:`SAMHead.pointer_temporal_pe` (sine of the signed frame gap through ``obj_ptr_tpos_proj``);
-the memory adds :class:`.ego_pose_encoder.EgoPoseEncoder` of the ego motion to it
-(:func:`pointer_pos_enc`).
+the memory adds :class:`~sam4d_core.modeling.ego_pose_encoder.EgoPoseEncoder` of the ego motion
+to it (:func:`pointer_pos_enc`).
 
 Resizing the camera logits to the image and interpolating LiDAR logits to the points are left to
 the caller (they depend on the camera and the sweep, not on the head).
@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from sam4d_core.modeling.sam.common import MLP, get_1d_sine_pe
-from sam4d_core.modeling.sam.ego_pose_encoder import EgoPoseEncoder
+from sam4d_core.modeling.blocks import MLP
+from sam4d_core.modeling.ego_pose_encoder import EgoPoseEncoder
+from sam4d_core.modeling.sam.common import get_1d_sine_pe
 from sam4d_core.modeling.sam.mask_decoder import MODALITIES, DecoderOutput, MaskDecoder
 from sam4d_core.modeling.sam.prompt_encoder import (
     NOT_A_POINT_LABEL,
@@ -41,8 +42,8 @@ from sam4d_core.modeling.sam.prompt_encoder import (
     PromptEncoder3D,
     cross_modal_prompts,
 )
-from sam4d_core.modeling.sam.sparse_ops import VoxelHierarchy
 from sam4d_core.modeling.sam.transformer import TwoWayTransformer
+from sam4d_core.modeling.sparse.hierarchy import VoxelHierarchy
 
 NO_OBJ_SCORE = -1024.0
 """Mask logit written where the object is predicted absent (SAM2's placeholder)."""
@@ -256,10 +257,12 @@ class SAMHead(nn.Module):
     # ----------------------------------------------------------------------------------------
 
     def encode_image_prompts(self, img: ImagePrompts, batch_size: int) -> PromptEmbeddings:
+        """Camera prompt embeddings of ``batch_size`` objects (no clicks: one not-a-point)."""
         labels, point_pe = _default_points(img.point_labels, img.point_pe, batch_size, img.features)
         return self.sam_prompt_encoder(labels, point_pe, img.mask)
 
     def encode_lidar_prompts(self, pts: LidarPrompts, batch_size: int) -> PromptEmbeddings:
+        """LiDAR prompt embeddings of ``batch_size`` objects (no clicks: one not-a-point)."""
         labels, point_pe = _default_points(pts.point_labels, pts.point_pe, batch_size, pts.features)
         return self.psam_prompt_encoder(labels, point_pe, pts.mask, hierarchy=pts.hierarchy)
 
@@ -296,6 +299,9 @@ class SAMHead(nn.Module):
         return self.obj_ptr_tpos_proj(get_1d_sine_pe(pos, dim=dim).to(dtype))
 
     def _postprocess(self, out: DecoderOutput, multimask_output: bool) -> HeadOutput:
+        """The decoder's output -> :class:`HeadOutput`: masks of absent objects set to
+        ``NO_OBJ_SCORE``, the selected mask (best predicted IoU when multimask) and its token's
+        object pointer (the released ``_forward_sam_heads`` after the decoder)."""
         masks = out.masks
         b = masks.shape[0]
         if self.pred_obj_scores:

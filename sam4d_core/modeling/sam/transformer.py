@@ -14,75 +14,9 @@ the result of the real tokens. Without a mask the computation is SAM2's.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sam4d_core.modeling.sam.common import MLP
-
-
-def _key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, T) bool validity of keys -> an SDPA boolean mask (B, 1, 1, T) (True = attend)."""
-    return None if valid is None else valid[:, None, None, :]
-
-
-class Attention(nn.Module):
-    """Multi-head attention whose projections may shrink the width (``downsample_rate``).
-
-    Args:
-        embedding_dim: width of queries and outputs.
-        num_heads: heads; must divide ``embedding_dim // downsample_rate``.
-        downsample_rate: internal width = ``embedding_dim // downsample_rate`` (2 for SAM's
-            token <-> image attentions, which halves their cost).
-        dropout: attention dropout in training.
-        kv_in_dim: width of keys/values if different from ``embedding_dim``.
-    """
-
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_heads: int,
-        downsample_rate: int = 1,
-        dropout: float = 0.0,
-        kv_in_dim: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.embedding_dim = embedding_dim
-        self.kv_in_dim = kv_in_dim if kv_in_dim is not None else embedding_dim
-        self.internal_dim = embedding_dim // downsample_rate
-        self.num_heads = num_heads
-        if self.internal_dim % num_heads != 0:
-            raise ValueError(f"num_heads={num_heads} must divide {self.internal_dim}")
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
-        self.dropout_p = dropout
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        key_valid: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Attend ``q`` (B, Nq, C) to ``k``/``v`` (B, Nk, C_kv); ``key_valid`` (B, Nk) bool.
-
-        Returns:
-            (B, Nq, C).
-        """
-        q = self._split(self.q_proj(q))
-        k = self._split(self.k_proj(k))
-        v = self._split(self.v_proj(v))
-        dropout_p = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=_key_mask(key_valid), dropout_p=dropout_p
-        )
-        b, h, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+from sam4d_core.modeling.blocks import MLP, Attention
 
 
 class TwoWayAttentionBlock(nn.Module):

@@ -16,13 +16,13 @@ gather - matmul - scatter variants, differing in how the kernel offsets are batc
   (input, output) pairs and packed into a few groups whose padding to the group's largest count
   stays under 25 %; each group is one gather, one ``bmm`` over its offsets and one
   ``scatter_add``. The centre offset of a submanifold kernel (the identity map) is a plain
-  matmul. A k3 conv runs ~4 groups instead of 27 offsets, with little padding (LiDAR voxels have
-  ~6 of 26 neighbours, which is what im2col would pay for in full).
+  matmul. A k3 conv runs a few groups instead of 27 offsets, with little padding (a LiDAR voxel
+  has few of its 26 neighbours, which is what im2col would pay for in full).
 - ``"gemm"``: output-stationary im2col. Each output row gathers its K neighbours (a zero row for
   missing ones) into an (n, K * C_in) matrix and one matmul with the kernel viewed as
   (K * C_in, C_out) gives the output: no scatter, deterministic, exports as Gather + MatMul, two
-  launches per conv, but it multiplies the zeros of missing neighbours too (~4x the useful FLOPs
-  on a LiDAR sweep). Rows are chunked to bound memory. A transposed conv with kernel == stride
+  launches per conv, but it multiplies the zeros of missing neighbours too (on a LiDAR sweep,
+  most of its FLOPs). Rows are chunked to bound memory. A transposed conv with kernel == stride
   (one parent per fine voxel) multiplies the coarse features by all K kernels and gathers.
 - ``"loop"``: the textbook version, one gather - matmul - scatter per kernel offset over the
   valid pairs (the identity centre offset as a plain matmul). The reference and the benchmark's
@@ -30,17 +30,17 @@ gather - matmul - scatter variants, differing in how the kernel offsets are batc
 - ``"packed"`` (default on CPU): the loop's arithmetic (useful FLOPs only, the same sums in the
   same order) with the pairs of consecutive offsets taken in cache-sized chunks: per chunk one
   gather, one matmul per offset into one buffer and one ``index_add_``, i.e. a few big ops per
-  conv instead of 3 per offset, in reused scratch buffers. On the sam4d_small LiDAR encoder (CPU,
-  1 thread) it saves 10-30 % on the narrow (16-64 channel) layers and matches the loop on the
-  wide ones, which are matmul bound. It also takes (N, B, C) features: B feature sets on one
+  conv instead of 3 per offset, in reused scratch buffers: fewer op dispatches, which is what
+  the narrow (16-64 channel) layers spend their time on; the wide ones are matmul bound. It also
+  takes (N, B, C) features: B feature sets on one
   voxel set (the objects of the LiDAR memory encoder) in one pass (:func:`sparse_conv3d_objects`).
 
-The default (``"auto"``) follows CPU measurements: on a CPU there is no launch overhead to save,
-doing exactly the useful FLOPs with cache-sized buffers wins, so ``"packed"`` (``"loop"`` under
-:func:`~sam4d_core.modeling.reference_paths.reference_paths`) beats ``"grouped"`` (~+12 % FLOPs
-from padding, larger temporaries) and ``"gemm"`` by 3-5x. On CUDA a k3 conv costs ~80 launches in
-the loop against ~15 grouped, which is what batching the offsets is for; this choice awaits GPU
-numbers from ``benchmark.py --device cuda``.
+The default (``"auto"``): on a CPU there is no launch overhead to save and doing exactly the
+useful FLOPs with cache-sized buffers wins, so ``"packed"`` (``"loop"`` under
+:func:`~sam4d_core.modeling.reference_paths.reference_paths`) rather than ``"grouped"`` (padding
+FLOPs, larger temporaries) or ``"gemm"``; on CUDA each op is a kernel launch, which is what
+batching the offsets into groups saves (``python -m sam4d_core.modeling.sparse.benchmark``
+compares them).
 
 Accumulation uses ``scatter_add_`` with an index expanded to [P, C] (exports to ONNX as
 ScatterElements, unlike ``index_add_``) except in ``"packed"``, a CPU inference path.

@@ -16,8 +16,8 @@ stride-16 voxel) and trilinearly interpolates per-voxel logits back to the point
 
 Exact-release mode (``release=True`` below; the official checkpoint's mode): step 1 divides in
 float64, as the released data pipeline does (``LoadPointsFromFile`` concatenates a float64 column,
-so ``SparseVoxelization`` divides float64 points by a float64 0.05; float32 moves points that lie on
-a 1 cm grid to the neighbouring cell in ~15 % of cases), and devoxelization is the released
+so ``SparseVoxelization`` divides float64 points by a float64 0.05; float32 moves some points that
+lie on a 1 cm grid to the neighbouring cell), and devoxelization is the released
 ``voxel_to_point`` (:func:`released_devoxelize_weights`), not a trilinear interpolation.
 
 All functions are pure PyTorch and device-agnostic; accumulations use ``scatter_add`` with an index

@@ -195,19 +195,27 @@ def _init_kernel(kernel: torch.Tensor, bias: torch.Tensor | None, fan: int) -> N
         nn.init.uniform_(bias, -std, std)
 
 
-class SparseDownsample(nn.Module):
+class _StrideTwoConv(nn.Module):
+    """Parameters of a 2x2x2 stride-2 sparse convolution: ``kernel`` (8, C_in, C_out) in
+    torchsparse's offset order, ``bias`` (C_out,) when enabled."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool, fan_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel = nn.Parameter(torch.empty(KERNEL_VOLUME, in_channels, out_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        _init_kernel(self.kernel, self.bias, fan_channels * KERNEL_VOLUME)
+
+
+class SparseDownsample(_StrideTwoConv):
     """2x2x2 stride-2 sparse convolution (torchsparse ``Conv3d(c_in, c_out, 2, stride=2)``).
 
     ``out[p] = sum over children c of p of x[c] @ kernel[offset(c)] (+ bias)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = False) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel = nn.Parameter(torch.empty(KERNEL_VOLUME, in_channels, out_channels))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        _init_kernel(self.kernel, self.bias, in_channels * KERNEL_VOLUME)
+        super().__init__(in_channels, out_channels, bias, fan_channels=in_channels)
 
     def forward(
         self,
@@ -236,7 +244,7 @@ class SparseDownsample(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
-class SparseUpsample(nn.Module):
+class SparseUpsample(_StrideTwoConv):
     """2x2x2 stride-2 transposed sparse convolution back to the finer level's voxels.
 
     ``out[c] = x[parent(c)] @ kernel[offset(c)] (+ bias)`` (torchsparse ``Conv3d(..., 2, stride=2,
@@ -244,12 +252,8 @@ class SparseUpsample(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = False) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel = nn.Parameter(torch.empty(KERNEL_VOLUME, in_channels, out_channels))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        _init_kernel(self.kernel, self.bias, out_channels * KERNEL_VOLUME)
+        # A transposed conv's fan is its output width (torchsparse).
+        super().__init__(in_channels, out_channels, bias, fan_channels=out_channels)
 
     def forward(
         self, x: torch.Tensor, parent: torch.Tensor, offset: torch.Tensor, missing: bool = False
