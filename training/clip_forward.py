@@ -14,7 +14,7 @@ clip, as SAM2).
 The model's own :meth:`~sam4d_core.modeling.sam4d_base.SAM4D.track_step` keeps only the selected
 mask of each view; the losses need all multimask outputs, so decoding here calls the model's
 per-group decoder (``SAM4D._decode_group``) and assembles the same
-:class:`~sam4d_core.modeling.sam4d_base.TrackOutput` as ``SAM4D.decode`` from it (and uses
+:class:`~sam4d_core.modeling.records.TrackOutput` as ``SAM4D.decode`` from it (and uses
 ``SAM4D._apply_mask_as_output`` for ground-truth mask prompts). These are private methods of the
 model: a change of their signatures must be mirrored here (the tests exercise the path).
 

@@ -33,7 +33,8 @@ Options that depart from the release, off by default (``MemoryAttentionConfig``)
 ``pos_enc_at_cross_attn_queries`` and ``tie_qk_init`` make a freshly drawn module attend by
 position (UMPE's raw-metre encodings are much larger than the tokens and the released queries
 carry no encoding, so the released form can attend to keys unrelated to the query's place;
-``python -m training.attention_locality`` probes this); the distance bias (``distance_scales``,
+``python -m training.analysis.attention_locality`` probes this); the distance bias
+(``distance_scales``,
 :mod:`~sam4d_core.modeling.token_places`) puts the place into the logits directly:
 ``- gain * distance(query place, key place)``.
 

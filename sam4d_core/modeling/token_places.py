@@ -2,8 +2,8 @@
 
 Not part of the released SAM4D (its memory attention knows places only through the positional
 encodings added to the keys, which need not make it attend by place; ``python -m
-training.attention_locality`` probes that). The distance bias puts the place into the logits
-directly, under ego motion and across modalities: ``logit -= gain * distance(query place, key
+training.analysis.attention_locality`` probes that). The distance bias puts the place into the
+logits directly, under ego motion and across modalities: ``logit -= gain * distance(query place, key
 place)`` (see :class:`~sam4d_core.modeling.memory_attention.MemoryAttention`).
 
 A token's place, in the current LiDAR frame:
