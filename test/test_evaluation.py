@@ -20,6 +20,7 @@ from sam4d_core.checkpoint import save_checkpoint
 from sam4d_core.data.synthetic import generate_sequence, make_config
 from sam4d_core.evaluation import load_report, object_result, pick_demo_object
 from sam4d_core.evaluation import streaming_eval as se
+from sam4d_core.evaluation.report import prompted_frame_cells
 from sam4d_core.evaluation.streaming_eval import EvalConfig, evaluate_sequence
 from sam4d_core.weights import BUNDLED_EVAL_JSON, BUNDLED_EVAL_MD, BUNDLED_MODEL
 
@@ -127,15 +128,25 @@ def test_cli_writes_json_and_markdown(tiny_reports) -> None:
     ]
     img = [r["image_miou"] for r in runs if r["modality"] == "img" and r["image_miou"] is not None]
     assert cells["1click/img"]["image_miou"] == pytest.approx(float(np.mean(img)))
-    assert len(report["targets"]) == 2 * 4 and all(
+    assert len(report["targets"]) == 6 + 2 * 4 and all(
         isinstance(t["met"], bool) for t in report["targets"]
     )
-    assert [t["mode"] for t in report["targets"]] == ["memory"] * 4 + ["reprompt"] * 4
+    assert [(t["stage"], t["mode"]) for t in report["targets"]] == [("prompted", "memory")] * 6 + [
+        ("tracked", "memory")
+    ] * 4 + [("tracked", "reprompt")] * 4
+    # The prompted-frame cell: the objects' scores on their prompted frame alone.
+    first = prompted_frame_cells(runs, "memory")["1click/img"]
+    on_prompt = [r["image_iou"][0] for r in runs if r["modality"] == "img"]
+    assert first["image_miou"] == pytest.approx(
+        float(np.mean([v for v in on_prompt if v is not None]))
+    )
+    assert all(r["frames"][0] == r["first_frame"] for r in runs)
     md = (a / "r.md").read_text()
     assert "| prompt | prompted in | image mIoU | image J&F (J / F) | LiDAR mIoU | objects |" in md
     assert "| 1 click | image (2D) |" in md and "x-modal 2D->3D" in md
-    assert "Targets of the issue" in md
+    assert "Targets over the sequence" in md
     assert "### Tracker modes side by side" in md
+    assert "### Prompted frame alone" in md and "Targets on the prompted frame" in md
     assert "| prompt | prompted in | image mIoU memory only | image mIoU re-prompting |" in md
     assert "--tracker-modes memory,reprompt" in md
     assert "python -m training.evaluate" in md and "--synthetic-seeds 3 5" in md

@@ -270,8 +270,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         FORMAT_NAME,
         FORMAT_VERSION,
         aggregate_runs,
-        check_targets,
         render_markdown,
+        report_targets,
         source_runs,
     )
     from sam4d_core.evaluation.streaming_eval import (
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cells": cells,
             "cells_by_mode": by_mode,
         },
-        "targets": [t for m in modes for t in check_targets(by_mode[m], m)],
+        "targets": report_targets((r for s in held for r in source_runs(s)), modes),
         "timing": {
             "total_s": round(time.perf_counter() - t_start, 1),
             "per_sequence_s": per_seq_s,
