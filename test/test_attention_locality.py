@@ -26,8 +26,8 @@ from training.analysis.attention_locality import (  # noqa: E402
 )
 from training.config import apply_overrides, load_train_config  # noqa: E402
 from training.datasets import ClipDataset, build_source  # noqa: E402
+from training.model_setup import build_model  # noqa: E402
 from training.prompt_simulation import LIDAR, initial_prompt  # noqa: E402
-from training.train import build_model  # noqa: E402
 
 POSITIONAL = (
     "model_overrides={memory_attention: "

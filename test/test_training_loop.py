@@ -39,8 +39,9 @@ from training.config import (  # noqa: E402
 from training.datasets import ClipDataset, InMemorySource  # noqa: E402
 from training.export_weights import export_weights  # noqa: E402
 from training.logger import read_scalars  # noqa: E402
+from training.model_setup import build_model, lr_factor, model_config  # noqa: E402
 from training.prompt_simulation import plan_clip  # noqa: E402
-from training.train import Trainer, build_model, lr_factor, model_config  # noqa: E402
+from training.train import Trainer  # noqa: E402
 from training.validation import validate  # noqa: E402
 
 
@@ -553,7 +554,7 @@ def test_a_config_lists_only_what_it_changes_from_its_base(tmp_path: Path) -> No
 def test_budget_total_steps() -> None:
     """A time-budgeted run's length: what fits in the remaining time, within the upper bound,
     and a spent budget ends the run at the current step."""
-    from training.train import budget_total_steps
+    from training.model_setup import budget_total_steps
 
     assert budget_total_steps(10, remaining_s=50.0, step_s=0.5, upper=1000) == 110
     assert budget_total_steps(10, remaining_s=50.0, step_s=0.01, upper=1000) == 1000

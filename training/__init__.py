@@ -14,6 +14,8 @@ Modules:
 - :mod:`.validation`: first-frame-prompt mIoU on held-out clips;
 - :mod:`.logger`: TensorBoard or JSONL scalars, a progress bar;
 - :mod:`.train`: the loop (``python -m training.train --help``);
+- :mod:`.model_setup`: the model (init checkpoint, reinit, freeze), AdamW groups, the
+  learning-rate schedule and AMP of a run;
 - :mod:`.generate_data`: pre-generate a synthetic training set in Waymo-4DSeg layout;
 - :mod:`.export_weights`: a checkpoint's weights only (optionally float16) for shipping;
 - :mod:`.evaluate`: the streaming evaluation of a checkpoint (JSON and a Markdown table);

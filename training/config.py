@@ -259,13 +259,14 @@ class TrainConfig:
             run's checkpoints hold, so exported weights rebuild the same model.
         init_checkpoint: start from these weights (our format or official), or None.
         reinit: components drawn anew after ``init_checkpoint`` is loaded (see
-            ``training.train.REINIT_COMPONENTS``), e.g. ``[memory_attention]`` to retrain MCMA
-            on top of trained encoders and decoders. Their keys may be missing from (or extra
-            in) ``init_checkpoint``.
-        freeze: components whose parameters do not train (``training.train.COMPONENT_PREFIXES``:
-            image_encoder, point_encoder, memory_attention, memory_encoder, sam_head, umpe),
-            e.g. the backbones while MCMA and the decoder learn to track (cheaper steps, and
-            the prompted frame's features cannot drift).
+            ``training.model_setup.REINIT_COMPONENTS``), e.g. ``[memory_attention]`` to retrain
+            MCMA on top of trained encoders and decoders. Their keys may be missing from (or
+            extra in) ``init_checkpoint``.
+        freeze: components whose parameters do not train
+            (``training.model_setup.COMPONENT_PREFIXES``: image_encoder, point_encoder,
+            memory_attention, memory_encoder, sam_head, umpe), e.g. the backbones while MCMA and
+            the decoder learn to track (cheaper steps, and the prompted frame's features cannot
+            drift).
         seed: everything random derives from it (data order, augmentation, prompts, init).
         steps: optimizer steps.
         batch_size: clips per step and rank (each clip is one SAM2-style video sample).
