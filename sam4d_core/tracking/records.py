@@ -79,8 +79,11 @@ class ObjectResult:
         mask (cameras of this frame only). lidar_presence / lidar_iou: the same for the LiDAR mask,
         None without LiDAR in the frame.
     prompted: the object received prompts on this frame (a conditioning frame).
-    lost: re-prompting found no support for the object's predicted segment on this frame: it was
-        not run and is reported absent (presence 0, empty masks).
+    lost: the object is not tracked on this frame: re-prompting found no support for its
+        predicted segment (it was not run), or its output has no mask anywhere (no pixel in any
+        camera and no point; both tracker modes). A lost object is reported absent: presence 0
+        (``presence_score``, ``image_presence``, ``lidar_presence``: the decoder's score of an
+        empty mask is no evidence of the object) and empty masks; the predicted IoUs are kept.
     """
 
     object_id: int

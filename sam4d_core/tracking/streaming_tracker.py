@@ -124,6 +124,8 @@ class TrackerConfig:
             every tracked frame, each object's predicted LiDAR segment gives the decoder 3D
             clicks and camera boxes beside its memory, and an object whose prediction finds no
             support is reported lost (absent, not run). False: memory only (the SAM4D protocol).
+            In both modes an object whose output has no mask anywhere (no pixel, no point) is
+            reported lost on that frame (:class:`~sam4d_core.tracking.records.ObjectResult`).
         reprompt_config: settings of the motion model and the prompt derivation.
         runtime: where the model's dense stages run: "torch" (PyTorch eager), "onnxruntime" or
             "tensorrt" (:mod:`sam4d_core.runtime`); the rest of the step is the same.
@@ -678,7 +680,7 @@ class StreamingTracker:
             return
         t0 = self.model.clock.now()
         for oid in lost:
-            rep.miss(oid, bf.index)
+            rep.miss(oid, bf.index, lost=True)
         if not jobs:
             return
         pl = point_logits(bf.features, outs)
@@ -743,31 +745,40 @@ class StreamingTracker:
             point_scores = np.zeros((len(states), 0), np.float32)
         results = []
         for i, (st, o) in enumerate(zip(states, outs, strict=True)):
+            image_masks = {name: m[i] for name, m in cam_masks.items()}
+            # Lost: no support (not run), or a mask nowhere (no pixel in any camera and no
+            # point) whatever the presence score says: an object without a mask is not tracked.
+            is_lost = (lost is not None and st.obj_id in lost) or not (
+                point_masks[i].any() or any(m.any() for m in image_masks.values())
+            )
             image_presence, image_ious = {}, {}
             if o.image_scores is not None and o.image_ious is not None:
                 probs = torch.sigmoid(o.image_scores.float()).tolist()
                 ious = o.image_ious.float().clamp(0, 1).tolist()
                 for row, cam in enumerate(o.camera_ids):
-                    image_presence[names[cam]] = float(probs[row])
+                    image_presence[names[cam]] = 0.0 if is_lost else float(probs[row])
                     image_ious[names[cam]] = float(ious[row])
+            lidar_presence = None
+            if o.lidar_score is not None:
+                lidar_presence = 0.0 if is_lost else float(torch.sigmoid(o.lidar_score.float()))
             results.append(
                 ObjectResult(
                     object_id=st.obj_id,
-                    presence_score=float(torch.sigmoid(o.object_score.float())),
+                    # A lost object is absent: presence 0 (the decoder's score of an empty mask
+                    # is no evidence of the object).
+                    presence_score=0.0 if is_lost else float(torch.sigmoid(o.object_score.float())),
                     predicted_iou=o.predicted_iou(),
-                    image_masks={name: m[i] for name, m in cam_masks.items()},
+                    image_masks=image_masks,
                     point_mask=point_masks[i],
                     point_scores=point_scores[i],
                     image_presence=image_presence,
                     image_ious=image_ious,
-                    lidar_presence=None
-                    if o.lidar_score is None
-                    else float(torch.sigmoid(o.lidar_score.float())),
+                    lidar_presence=lidar_presence,
                     lidar_iou=None
                     if o.lidar_iou is None
                     else float(o.lidar_iou.float().clamp(0, 1)),
                     prompted=o.is_cond,
-                    lost=lost is not None and st.obj_id in lost,
+                    lost=is_lost,
                 )
             )
         timings["postprocess"] = (

@@ -120,7 +120,9 @@ def read_outputs(bag: Path, info: BagInfo) -> Outputs:
 class FrameScore:
     """One sweep of one prompted object. status: evaluated, no_output (the node dropped or
     failed the sweep), before_prompt (outputs published before the prompt took effect).
-    lost: the node reported the object lost (re-prompting found no support for it)."""
+    visible: tracked on the sweep (a mask somewhere and not lost).
+    lost: the node reported the object lost (no mask anywhere, or re-prompting found no support
+    for it)."""
 
     frame: int
     stamp_ns: int
@@ -174,8 +176,9 @@ def score_object(
             continue
         row = FrameScore(i, s, "evaluated", presence_score=float(obj.presence_score))
         row.lost = bool(getattr(obj, "lost", False))
-        row.visible = int(obj.num_points) > 0 or any(
-            bool(np.any(lab == oid)) for lab in fo.labels.values()
+        # Tracked: a mask somewhere, and not reported lost.
+        row.visible = not row.lost and (
+            int(obj.num_points) > 0 or any(bool(np.any(lab == oid)) for lab in fo.labels.values())
         )
         if gt is not None and p.gt_object_id is not None:
             g = p.gt_object_id
@@ -266,7 +269,9 @@ def build_report(
         for o in fo.objects.objects:
             oid = int(o.id)
             presence[oid].append(float(o.presence_score))
-            if int(o.num_points) > 0 or any(bool(np.any(lab == oid)) for lab in fo.labels.values()):
+            if not bool(getattr(o, "lost", False)) and (
+                int(o.num_points) > 0 or any(bool(np.any(lab == oid)) for lab in fo.labels.values())
+            ):
                 visible[oid] += 1
     c = result.node_counters
 
@@ -473,8 +478,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
         ]
         if e.get("lost_frames"):
             lines.append(
-                f"Frames where the node reported the object lost (no support for its predicted "
-                f"segment; absent, not tracked): {e['lost_frames']}."
+                f"Frames where the node reported the object lost (no mask, or no support for "
+                f"its predicted segment; absent, not tracked): {e['lost_frames']}."
             )
         if e["frames_no_output"]:
             lines.append(f"Frames without output (dropped or failed): {e['frames_no_output']}.")
