@@ -236,30 +236,37 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def markdown_table(cells: Mapping[str, Mapping[str, Any]], combos: Iterable[tuple[str, str]]):
+def _mark(text: str, view: str, prompted_in: str) -> str:
+    """A cell of ``view`` ("img" / "pts") for a prompt in ``prompted_in``: bold in the prompt's
+    own modality, else marked as the cross-modal case."""
+    if view == prompted_in:
+        return f"**{text}**"
+    return f"{text} (x-modal {'3D->2D' if view == 'img' else '2D->3D'})"
+
+
+def markdown_table(
+    cells: Mapping[str, Mapping[str, Any]],
+    combos: Iterable[tuple[str, str]],
+    jf: bool = True,
+) -> str:
     """The paper-style table: one row per (prompt, prompt modality); cells of the other modality
-    than the prompt's are the cross-modal cases, marked ``x-modal``."""
+    than the prompt's are the cross-modal cases, marked ``x-modal``. ``jf``: with the J&F
+    column (cells without ``jf`` / ``j`` / ``f`` need False)."""
+    header = "| prompt | prompted in | image mIoU | " + ("image J&F (J / F) | " if jf else "")
     lines = [
-        "| prompt | prompted in | image mIoU | image J&F (J / F) | LiDAR mIoU | objects |",
-        "|---|---|---:|---:|---:|---:|",
+        header + "LiDAR mIoU | objects |",
+        "|---|---|" + "---:|" * (4 if jf else 3),
     ]
     for prompt, mod in combos:
         c = cells.get(cell_key(prompt, mod))
         if c is None:
             continue
-        img_mark = "" if mod == "img" else " (x-modal 3D->2D)"
-        lid_mark = "" if mod == "pts" else " (x-modal 2D->3D)"
-        jf = f"{_fmt(c['jf'])} ({_fmt(c['j'])} / {_fmt(c['f'])})"
-        if mod == "img":
-            img, jf_cell = f"**{_fmt(c['image_miou'])}**", f"**{jf}**"
-            lid = f"{_fmt(c['lidar_miou'])}{lid_mark}"
-        else:
-            img, jf_cell = f"{_fmt(c['image_miou'])}{img_mark}", f"{jf}{img_mark}"
-            lid = f"**{_fmt(c['lidar_miou'])}**"
-        lines.append(
-            f"| {PROMPT_NAMES.get(prompt, prompt)} | {MODALITY_NAMES.get(mod, mod)} | {img} | "
-            f"{jf_cell} | {lid} | {c['objects']} |"
-        )
+        row = [PROMPT_NAMES.get(prompt, prompt), MODALITY_NAMES.get(mod, mod)]
+        row.append(_mark(_fmt(c["image_miou"]), "img", mod))
+        if jf:
+            row.append(_mark(f"{_fmt(c['jf'])} ({_fmt(c['j'])} / {_fmt(c['f'])})", "img", mod))
+        row += [_mark(_fmt(c["lidar_miou"]), "pts", mod), str(c["objects"])]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -358,8 +365,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "Re-prompting: each object's LiDAR segment is kept in the world frame with a "
             "constant-velocity motion estimate, predicted into the next sweep and fed to the "
             "decoder beside the memory as 3D clicks and projected camera boxes; an object whose "
-            "prediction finds no support is reported lost (absent). Lost frames: of the "
-            "re-prompting tracker, summed over objects.",
+            "prediction finds no support is reported lost (absent). In both modes an object "
+            "without a mask anywhere is reported lost. Lost frames: of the re-prompting "
+            "tracker, summed over objects.",
             "",
             modes_table(by_mode, combos),
             "",
@@ -373,20 +381,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "The same runs scored on the prompted frame only (the frame the prompt was made on): "
             "what the decoder makes of the prompt before anything is tracked.",
             "",
-            "| prompt | prompted in | image mIoU | LiDAR mIoU | objects |",
-            "|---|---|---:|---:|---:|",
+            markdown_table(first_cells, combos, jf=False),
         ]
-        for prompt, mod in combos:
-            c = first_cells.get(cell_key(prompt, mod))
-            if c is None:
-                continue
-            img, lid = _fmt(c["image_miou"]), _fmt(c["lidar_miou"])
-            img = f"**{img}**" if mod == "img" else f"{img} (x-modal 3D->2D)"
-            lid = f"**{lid}**" if mod == "pts" else f"{lid} (x-modal 2D->3D)"
-            out.append(
-                f"| {PROMPT_NAMES.get(prompt, prompt)} | {MODALITY_NAMES.get(mod, mod)} | "
-                f"{img} | {lid} | {c['objects']} |"
-            )
         out.append("")
     # Reports written before the prompted-frame targets: recomputed from their runs.
     tg = report.get("targets", [])
