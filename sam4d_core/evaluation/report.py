@@ -277,7 +277,7 @@ def modes_table(
     by_mode: Mapping[str, Mapping[str, Mapping[str, Any]]], combos: Iterable[tuple[str, str]]
 ) -> str:
     """The tracker modes side by side: image and LiDAR mIoU of each mode per (prompt, prompt
-    modality), and the frames the re-prompting tracker reported an object lost."""
+    modality), and the frames each mode reported an object lost (summed over objects)."""
     modes = list(by_mode)
     names = [MODE_NAMES.get(m, m) for m in modes]
     lines = [
@@ -285,8 +285,10 @@ def modes_table(
         + " | ".join(f"image mIoU {n}" for n in names)
         + " | "
         + " | ".join(f"LiDAR mIoU {n}" for n in names)
-        + " | lost frames | objects |",
-        "|---|---|" + "---:|" * (2 * len(modes) + 2),
+        + " | "
+        + " | ".join(f"lost frames {n}" for n in names)
+        + " | objects |",
+        "|---|---|" + "---:|" * (3 * len(modes) + 1),
     ]
     for prompt, mod in combos:
         cells = [by_mode[m].get(cell_key(prompt, mod)) for m in modes]
@@ -294,12 +296,12 @@ def modes_table(
             continue
         img = [_fmt(None if c is None else c["image_miou"]) for c in cells]
         lid = [_fmt(None if c is None else c["lidar_miou"]) for c in cells]
-        lost = sum(int(c.get("lost_frames", 0)) for c in cells if c is not None)
+        lost = ["n/a" if c is None else str(int(c.get("lost_frames", 0))) for c in cells]
         n = next(c["objects"] for c in cells if c is not None)
         lines.append(
             f"| {PROMPT_NAMES.get(prompt, prompt)} | {MODALITY_NAMES.get(mod, mod)} | "
-            + " | ".join(img + lid)
-            + f" | {lost} | {n} |"
+            + " | ".join(img + lid + lost)
+            + f" | {n} |"
         )
     return "\n".join(lines)
 
@@ -366,8 +368,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "constant-velocity motion estimate, predicted into the next sweep and fed to the "
             "decoder beside the memory as 3D clicks and projected camera boxes; an object whose "
             "prediction finds no support is reported lost (absent). In both modes an object "
-            "without a mask anywhere is reported lost. Lost frames: of the re-prompting "
-            "tracker, summed over objects.",
+            "without a mask anywhere is reported lost. Lost frames: summed over objects.",
             "",
             modes_table(by_mode, combos),
             "",
