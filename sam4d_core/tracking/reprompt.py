@@ -21,8 +21,7 @@ only the ego motion moves it in the LiDAR frame) and brought into the current Li
   ``min_coverage`` of the predicted segment's points have a current point that close (coverage:
   an object that left leaves the ground it stood on within reach of its lowest points, but not
   its body; nor a neighbour its mask spilled onto, which the kept segment then partly holds:
-  measured on the bundled recording, a building that leaves the sweep keeps 0.36 of its
-  prediction covered by the building beside it, while a tracked object present stays at 0.6-1.0).
+  that covers a minority of the prediction, an object still present most of it).
 - Hysteresis: an object lost on the previous frame is found again only with strong support
   (``refind_support_points`` and ``refind_coverage``): the stale segment of an object that left
   is partly covered by what stood beside it, and the search, wide after frames without an
