@@ -38,6 +38,7 @@ from training.config import (  # noqa: E402
 )
 from training.datasets import ClipDataset, InMemorySource  # noqa: E402
 from training.export_weights import export_weights  # noqa: E402
+from training.export_weights import main as export_weights_main  # noqa: E402
 from training.logger import read_scalars  # noqa: E402
 from training.model_setup import build_model, lr_factor, model_config  # noqa: E402
 from training.prompt_simulation import plan_clip  # noqa: E402
@@ -112,6 +113,25 @@ def test_resume_reproduces_the_next_step_bitwise(tmp_path) -> None:
     m = load_state_dict_strict(SAM4D(ck.config), ck.state_dict)
     for k, v in m.state_dict().items():
         assert torch.allclose(v.float(), sa[k].float(), rtol=1e-3, atol=1e-3), k
+    # An inference switch of the model config can be set on the way; a change of the module
+    # tree cannot (the weights would no longer fit).
+    assert ck.config.cross_modal_selection == 0.0
+    switched = export_weights_main(
+        [
+            str(out / "model_final.pt"),
+            str(tmp_path / "sw.pt"),
+            "--model-set",
+            "cross_modal_selection=1.5",
+        ]
+    )
+    assert switched == 0
+    assert read_checkpoint(tmp_path / "sw.pt").config.cross_modal_selection == 1.5
+    with pytest.raises(ValueError, match="no longer fits"):
+        export_weights(
+            out / "model_final.pt",
+            tmp_path / "bad.pt",
+            model_changes={"memory_attention": {"num_layers": 3}},
+        )
 
 
 def _free_port() -> int:

@@ -55,7 +55,19 @@ def test_pixel_clicks_inside_and_center() -> None:
         sample_pixel(m, rng, "nope")
 
 
-@pytest.mark.parametrize("mode", ["uniform", "center"])
+def test_mixed_clicks_are_centre_or_uniform() -> None:
+    # "mixed" gives the centre click about half the time and clicks spread over the region
+    # otherwise (the centre of this rectangle is rows 19-20).
+    m = _rect()
+    rng = np.random.default_rng(3)
+    clicks = [sample_pixel(m, rng, "mixed") for _ in range(400)]
+    assert all(m[int(y), int(x)] for x, y in clicks)
+    centre = sum(1 for x, y in clicks if (x, y) == sample_pixel(m, rng, "center"))
+    assert 150 <= centre <= 250
+    assert len({(x, y) for x, y in clicks}) > 100
+
+
+@pytest.mark.parametrize("mode", ["uniform", "center", "mixed"])
 def test_corrective_pixel_clicks_in_the_error_region(mode) -> None:
     rng = np.random.default_rng(1)
     gt = _rect()
@@ -91,7 +103,7 @@ def _cloud():
     return xyz, gt, valid
 
 
-@pytest.mark.parametrize("mode", ["uniform", "center"])
+@pytest.mark.parametrize("mode", ["uniform", "center", "mixed"])
 def test_lidar_clicks(mode) -> None:
     xyz, gt, valid = _cloud()
     rng = np.random.default_rng(3)
@@ -113,7 +125,7 @@ def test_lidar_clicks(mode) -> None:
         assert valid[k] and gt[k] != pred[k]
         assert label == int(gt[k])
         seen.add(label)
-    assert seen == ({0, 1} if mode == "uniform" else seen)
+    assert seen == ({0, 1} if mode != "center" else seen)
     assert sample_error_point(xyz, gt, gt.copy(), valid, rng, mode) is None
 
 

@@ -136,8 +136,9 @@ class PromptConfig:
         prob_box: probability of a box rather than clicks (among click-type prompts; 0.5).
         prob_lidar: probability that the first prompt is in the LiDAR (else a camera).
         initial_clicks: ``(min, max)`` positive clicks of a click prompt.
-        click_mode: how clicks are taken from a region: ``"uniform"`` (SAM2 training) or
-            ``"center"`` (farthest from the region's boundary; SAM's evaluation).
+        click_mode: how clicks are taken from a region: ``"uniform"`` (SAM2 training),
+            ``"center"`` (farthest from the region's boundary; SAM's evaluation) or ``"mixed"``
+            (either, 50/50 per click).
         box_noise: box corner jitter as a fraction of the box size...
         box_noise_px, box_noise_m: ...bounded by this many pixels / metres.
         num_correction_frames: frames that get corrective clicks, the first frame included.

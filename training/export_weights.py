@@ -3,7 +3,9 @@ optionally in half precision for shipping.
 
     python -m training.export_weights RUN/checkpoints/last.pt sam4d_small.pt --half
 
-``--half`` stores the large floating-point tensors as float16 (half the file size);
+``--model-set KEY=VALUE`` changes the embedded model config on the way (an inference switch such
+as ``cross_modal_selection=1.0``; a change of the module tree is refused: the weights must still
+load). ``--half`` stores the large floating-point tensors as float16 (half the file size);
 geometry tables (the UMPE frustum, the random Fourier matrix) and small tensors stay float32.
 Loading (:func:`sam4d_core.checkpoint.load_state_dict_strict`) copies the values into the model's
 own dtype, so a half file loads into a float32 model unchanged.
@@ -17,9 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from sam4d_core.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint, save_atomic
-from sam4d_core.modeling.configs import config_to_dict
+from sam4d_core.checkpoint import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CheckpointError,
+    check_state_dict,
+    read_checkpoint,
+    save_atomic,
+)
+from sam4d_core.modeling.configs import config_from_dict, config_to_dict
+from sam4d_core.modeling.sam4d_base import SAM4D
+
+from .config import merge_config_data
 
 # Kept in float32 whatever their size: metric geometry.
 _KEEP_FP32 = ("frustum", "gaussian_matrix")
@@ -40,17 +53,48 @@ def half_state_dict(sd: dict[str, torch.Tensor], min_numel: int = 1024) -> dict[
     return out
 
 
-def export_weights(src: str | Path, dst: str | Path, half: bool = False, **meta: Any) -> Path:
-    """Writes the weights of ``src`` (any checkpoint of our format) to ``dst``."""
+def parse_model_sets(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", ...]`` (YAML values) -> nested changes for :func:`export_weights`."""
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-set wants KEY=VALUE, got {item!r}")
+        node = changes
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return changes
+
+
+def export_weights(
+    src: str | Path,
+    dst: str | Path,
+    half: bool = False,
+    model_changes: dict[str, Any] | None = None,
+    **meta: Any,
+) -> Path:
+    """Writes the weights of ``src`` (any checkpoint of our format) to ``dst``, with
+    ``model_changes`` (nested) laid over the embedded model config."""
     ckpt = read_checkpoint(src)
     if ckpt.config is None:
         raise ValueError(f"{src}: not a checkpoint of our format (no embedded config)")
+    config = ckpt.config
+    if model_changes:
+        config = config_from_dict(merge_config_data(config_to_dict(config), model_changes))
+        with torch.device("meta"):
+            model = SAM4D(config)
+        try:
+            check_state_dict(model, ckpt.state_dict, str(src))
+        except CheckpointError as exc:
+            raise ValueError(f"the changed config no longer fits the weights: {exc}") from exc
     sd = half_state_dict(ckpt.state_dict) if half else ckpt.state_dict
     step = ckpt.extra.get("train_state", {}).get("step", ckpt.extra.get("step"))
     payload = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "config": config_to_dict(ckpt.config),
+        "config": config_to_dict(config),
         "model": sd,
         "step": step,
         **meta,
@@ -67,8 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src", type=Path, help="a training checkpoint (or model_final.pt)")
     p.add_argument("dst", type=Path)
     p.add_argument("--half", action="store_true", help="store large tensors as float16")
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the embedded model config (an inference switch), e.g. "
+        "cross_modal_selection=1.0; repeatable",
+    )
     args = p.parse_args(argv)
-    out = export_weights(args.src, args.dst, args.half)
+    out = export_weights(args.src, args.dst, args.half, parse_model_sets(args.model_set))
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

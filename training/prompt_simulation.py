@@ -50,14 +50,27 @@ LIDAR = -1
 # Sampling clicks and boxes from regions.
 
 
+CLICK_MODES = ("uniform", "center", "mixed")
+"""How clicks are taken from a region (:class:`~.config.PromptConfig` ``click_mode``)."""
+
+
+def resolve_click_mode(mode: str, rng: np.random.Generator) -> str:
+    """``"uniform"`` or ``"center"`` for one click: ``"mixed"`` draws one of them (50/50), so a
+    model learns both the evaluation's centre click and the off-centre clicks of real users."""
+    if mode == "mixed":
+        return "center" if rng.random() < 0.5 else "uniform"
+    if mode not in CLICK_MODES:
+        raise ValueError(f"unknown click mode {mode!r} {CLICK_MODES}")
+    return mode
+
+
 def sample_pixel(region: np.ndarray, rng: np.random.Generator, mode: str = "uniform"):
     """A pixel ``(x, y)`` of a non-empty (H, W) bool region, or None when it is empty."""
     if not region.any():
         return None
+    mode = resolve_click_mode(mode, rng)
     if mode == "center":
         return center_pixel(region)
-    if mode != "uniform":
-        raise ValueError(f"unknown click mode {mode!r} (uniform, center)")
     ys, xs = np.nonzero(region)
     k = int(rng.integers(len(ys)))
     return float(xs[k]), float(ys[k])
@@ -77,10 +90,9 @@ def sample_point(
     idx = np.flatnonzero(region)
     if idx.size == 0:
         return None
+    mode = resolve_click_mode(mode, rng)
     if mode == "center":
         return center_point(xyz, region, valid)
-    if mode != "uniform":
-        raise ValueError(f"unknown click mode {mode!r} (uniform, center)")
     return int(idx[int(rng.integers(idx.size))])
 
 
@@ -91,6 +103,7 @@ def sample_error_pixel(
     bool), or None without error. Label 1 on a false negative, 0 on a false positive."""
     fn = gt & ~pred
     fp = pred & ~gt
+    mode = resolve_click_mode(mode, rng)
     if mode == "center":
         best, label = None, 1
         best_d = -1.0
@@ -122,6 +135,7 @@ def sample_error_point(
     ``gt`` ((N,) bool; ignored points never count), or None without error."""
     fn = gt & ~pred & valid
     fp = pred & ~gt & valid
+    mode = resolve_click_mode(mode, rng)
     if mode == "center":
         best, best_d, label = None, -1.0, 1
         for region, lab in ((fn, 1), (fp, 0)):
@@ -438,12 +452,14 @@ def corrective_click(
 
 
 __all__ = [
+    "CLICK_MODES",
     "LIDAR",
     "ClipPlan",
     "PromptState",
     "corrective_click",
     "initial_prompt",
     "plan_clip",
+    "resolve_click_mode",
     "sample_bev_box",
     "sample_error_pixel",
     "sample_error_point",

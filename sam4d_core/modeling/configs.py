@@ -166,6 +166,9 @@ class SAM4DConfig:
         use_ego_pose_in_pe: recompute memory PEs in the current frame under ego motion (MCMA).
         encode_ego_pose_in_mem: add the ego-pose encoding to the object pointers' PE.
         no_obj_embed_spatial: add ``no_obj_embed_spatial`` to memories of absent objects.
+        cross_modal_selection: gain of the camera / LiDAR agreement when an object's multimask
+            outputs are chosen (:mod:`~sam4d_core.modeling.cross_modal_selection`); 0: each view
+            keeps its highest predicted IoU, as released.
     """
 
     name: str = "sam4d_hiera_s_mink34"
@@ -193,6 +196,7 @@ class SAM4DConfig:
     use_ego_pose_in_pe: bool = True
     encode_ego_pose_in_mem: bool = True
     no_obj_embed_spatial: bool = True
+    cross_modal_selection: float = 0.0
 
     @property
     def exact_release(self) -> bool:
@@ -238,6 +242,8 @@ class SAM4DConfig:
             problems.append("d_model must be a multiple of 4 (2D sine encoding)")
         if self.head.mask_in_chans % 4:
             problems.append("head.mask_in_chans must be a multiple of 4")
+        if not self.cross_modal_selection >= 0.0:
+            problems.append(f"cross_modal_selection {self.cross_modal_selection} must be >= 0")
         try:
             self.memory_attention.distance_scales()
         except ValueError as e:
@@ -310,6 +316,8 @@ def sam4d_small() -> SAM4DConfig:
             iou_head_hidden_dim=128,
         ),
         memory=MemoryBankConfig(num_maskmem=3, max_obj_ptrs_in_encoder=4, max_cond_frame_diff=4),
+        # A small model's IoU heads rank their 3 masks poorly; the sensors' geometry does not.
+        cross_modal_selection=1.0,
     )
 
 

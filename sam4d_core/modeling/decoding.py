@@ -12,6 +12,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from sam4d_core.modeling.cross_modal_selection import (
+    lidar_point_logits,
+    mask_agreement,
+    point_pixels,
+    select_jointly,
+)
 from sam4d_core.modeling.memory_encoder import point_masks_to_voxels
 from sam4d_core.modeling.prompts import (
     ObjectPrompts,
@@ -250,7 +256,8 @@ class PromptDecoding:
                 cam_clicked.append(k)
         pts_emb = self._lidar_prompt_embeddings(features, prompts, dense) if lid else None
 
-        results: dict[str, list[HeadOutput]] = {"img": [], "pts": []}
+        img_decs: list[DecoderOutput] = []
+        lid_dec: DecoderOutput | None = None
         if img is not None and image_tokens is not None:
             for ci in range(img.num_cameras):
                 e = cam_emb[ci]
@@ -282,7 +289,7 @@ class PromptDecoding:
                         hr,
                         val,
                     )
-                results["img"].append(head._postprocess(dec, multimask))
+                img_decs.append(dec)
         if lid is not None and lidar_tokens is not None and pts_emb is not None:
             sparse, val = pts_emb.sparse, pts_emb.valid
             if cam_emb:
@@ -323,7 +330,28 @@ class PromptDecoding:
                     lid.high_res,
                     val,
                 )
-            results["pts"].append(head._postprocess(dec, multimask))
+            lid_dec = dec
+
+        best_img: list[torch.Tensor | None] = [None] * len(img_decs)
+        best_lid = None
+        gain = self.config.cross_modal_selection
+        if multimask and gain > 0 and img_decs and lid_dec is not None:
+            assert img is not None and lid is not None
+            seen = point_pixels(lid, img, self.config.image_size)
+            per_point = lidar_point_logits(lid, lid_dec.masks)
+            agreements = [
+                mask_agreement(d.masks, per_point, s) for d, s in zip(img_decs, seen, strict=True)
+            ]
+            chosen, best_lid = select_jointly(
+                [d.iou_pred for d in img_decs], lid_dec.iou_pred, agreements, gain
+            )
+            best_img = list(chosen)
+        results: dict[str, list[HeadOutput]] = {
+            "img": [
+                head._postprocess(d, multimask, k) for d, k in zip(img_decs, best_img, strict=True)
+            ],
+            "pts": [] if lid_dec is None else [head._postprocess(lid_dec, multimask, best_lid)],
+        }
         return results
 
     # ------------------------------------------------------------------ mask prompts as output

@@ -298,10 +298,13 @@ class SAMHead(nn.Module):
         pos = t_diff.to(torch.float32) / max(t_diff_max, 1)
         return self.obj_ptr_tpos_proj(get_1d_sine_pe(pos, dim=dim).to(dtype))
 
-    def _postprocess(self, out: DecoderOutput, multimask_output: bool) -> HeadOutput:
+    def _postprocess(
+        self, out: DecoderOutput, multimask_output: bool, best: torch.Tensor | None = None
+    ) -> HeadOutput:
         """The decoder's output -> :class:`HeadOutput`: masks of absent objects set to
-        ``NO_OBJ_SCORE``, the selected mask (best predicted IoU when multimask) and its token's
-        object pointer (the released ``_forward_sam_heads`` after the decoder)."""
+        ``NO_OBJ_SCORE``, the selected mask (best predicted IoU when multimask, or ``best``:
+        (B,) int64 indices chosen elsewhere) and its token's object pointer (the released
+        ``_forward_sam_heads`` after the decoder)."""
         masks = out.masks
         b = masks.shape[0]
         if self.pred_obj_scores:
@@ -311,7 +314,8 @@ class SAMHead(nn.Module):
             masks = torch.where(present, masks, absent)
         tokens = out.sam_tokens_out
         if multimask_output:
-            best = out.iou_pred.argmax(dim=-1)
+            if best is None:
+                best = out.iou_pred.argmax(dim=-1)
             rows = torch.arange(b, device=masks.device)
             low_res = masks[rows, best].unsqueeze(1)
             token = tokens[rows, best] if tokens.shape[1] > 1 else tokens[:, 0]
