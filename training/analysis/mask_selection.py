@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from sam4d_core.build_sam import build_sam4d
+from sam4d_core.evaluation.metrics import iou_counts
 from sam4d_core.modeling.prompts import ObjectPrompts
 from sam4d_core.modeling.sam4d_base import SAM4D, upsample_mask_logits
 from sam4d_core.modeling.sparse import devoxelize
@@ -40,10 +41,6 @@ from ..prompt_simulation import LIDAR, initial_prompt
 from ..validation import validation_dataset
 
 MODALITIES = ("image", "lidar")
-
-
-def _iou(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
-    return int((pred & gt).sum()), int((pred | gt).sum())
 
 
 def score_frame(
@@ -93,7 +90,7 @@ def score_frame(
                     )
                     masks = (up > 0).numpy()
                     for k, m in enumerate([masks[int(out.best_index[r])], *masks]):
-                        i, u = _iou(m, gt[b])
+                        i, u = iou_counts(m, gt[b])
                         img[k][0] += i
                         img[k][1] += u
                 iou_img = [i / u if any_gt and u > 0 else None for i, u in img]
@@ -110,7 +107,7 @@ def score_frame(
                     gt = tg.point_masks[b] & tg.point_valid
                     best = int(group.lidar.best_index[r])
                     for k, m in enumerate([masks[best], *masks]):
-                        i, u = _iou(m, gt)
+                        i, u = iou_counts(m, gt)
                         iou_lid[k] = i / u if u > 0 else None
                 rows[b][f"image_chosen_g{gain:g}"] = iou_img[0]
                 rows[b][f"lidar_chosen_g{gain:g}"] = iou_lid[0]
