@@ -396,3 +396,68 @@ def test_replayed_prompt_equals_live_with_reprompting(model: SAM4D, seq: Sequenc
     assert sorted(ma.history) == sorted(mb.history) == [0, 1, 2]
     for k in ma.history:
         np.testing.assert_allclose(ma.history[k].segment, mb.history[k].segment, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_reprompted_frames_decode_from_prompts_or_with_memory(
+    model: SAM4D, seq: Sequence, with_memory: bool
+) -> None:
+    """A re-prompted sweep is decoded from its derived prompts alone (RepromptConfig.memory off,
+    the default) or beside the object's memory; either way its memory is written, and a
+    memory-only tracker always decodes tracked sweeps from the memory."""
+    obj = _largest_object(seq[0])
+    seen: list[tuple[bool, bool]] = []  # per decoded object: (has prompts, has memory)
+    real = model.track_step
+
+    def recording(features, prompts, memories, **kw):
+        seen.extend(
+            (p is not None and not p.is_empty, m is not None)
+            for p, m in zip(prompts, memories, strict=True)
+        )
+        return real(features, prompts, memories, **kw)
+
+    cfg = TrackerConfig(reprompt=True, reprompt_config=RepromptConfig(memory=with_memory))
+    tr = StreamingTracker(model, cfg)
+    object.__setattr__(model, "track_step", recording)  # observe the real calls
+    try:
+        tr.step(seq[0])
+        tr.add_prompts([_mask_prompt(seq[0], obj)])
+        assert seen == [(True, False)]  # the prompted frame: no memory yet
+        seen.clear()
+        (o,) = tr.step(seq[1]).objects
+        assert not o.lost
+        assert seen == [(True, with_memory)]
+        assert sorted(tr._objects[1].bank.frames) == [0, 1]
+        seen.clear()
+        plain = StreamingTracker(model, TrackerConfig())
+        plain.step(seq[0])
+        plain.add_prompts([_mask_prompt(seq[0], obj)])
+        seen.clear()
+        plain.step(seq[1])
+        assert seen == [(False, True)]
+    finally:
+        model.__dict__.pop("track_step", None)
+
+
+def test_an_unsupported_prediction_is_searched_again_before_the_object_is_lost() -> None:
+    """A far object of 6 points (33 m: support radius 0.66 m) whose kept segment is 0.9 m off
+    (one sweep's mask of a sparse object): the velocity's search (0.18 m) finds no support; the
+    second search (``reacquire_search``) finds it, on the object. Without it the object is lost;
+    a prediction the first search supports is not moved by the second."""
+    rng = np.random.default_rng(11)
+    obj = rng.uniform(-0.1, 0.1, (6, 3)) + [33.0, 2.0, -0.3]  # 1.5 m above the ground
+    moved = obj + [0.9, 0.0, 0.0]
+    ground = _ground(rng, 20000) - [0, 0, 1.8]
+    sweep = np.concatenate([ground, moved])
+    cam = _front_camera()
+    rp = derive_prompts(obj, sweep, [cam], RepromptConfig(), search=0.18)
+    assert not rp.lost and rp.coverage == 1.0 and rp.shift[0] > 0.3
+    d = np.linalg.norm(rp.lidar_points[:, None] - moved[None], axis=2)
+    assert (d.min(axis=1) == 0).all()  # clicks on the object where it is
+    once = derive_prompts(obj, sweep, [cam], RepromptConfig(reacquire_search=0.0), search=0.18)
+    assert once.lost and once.is_empty
+    # Supported where predicted: no second search, no shift.
+    here = derive_prompts(obj, np.concatenate([ground, obj]), [cam], RepromptConfig(), search=0.0)
+    assert not here.lost and np.allclose(here.shift, 0.0)
+    with pytest.raises(ValueError, match="reacquire_search"):
+        RepromptConfig(reacquire_search=-1.0)

@@ -365,8 +365,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "",
             "Memory only: the SAM4D protocol (the decoder sees the object's memory). "
             "Re-prompting: each object's LiDAR segment is kept in the world frame with a "
-            "constant-velocity motion estimate, predicted into the next sweep and fed to the "
-            "decoder beside the memory as 3D clicks and projected camera boxes; an object whose "
+            "constant-velocity motion estimate, predicted into the next sweep and turned into "
+            "3D clicks and projected camera boxes that the frame is decoded from (the memory is "
+            "still written; `RepromptConfig.memory` adds it to the decoding); an object whose "
             "prediction finds no support is reported lost (absent). In both modes an object "
             "without a mask anywhere is reported lost. Lost frames: summed over objects.",
             "",

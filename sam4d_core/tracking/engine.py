@@ -157,7 +157,8 @@ class ObjectJob:
     Attributes:
         state: the object.
         prompts: its prompts on this frame as the decoder sees them, or None (plain tracking).
-        init: an initial conditioning frame: decode without memory.
+        init: decode without memory (an object's first frame, or a re-prompted frame decoded
+            from its prompts alone).
         is_cond: store the result as a conditioning frame (prompted frames).
     """
 

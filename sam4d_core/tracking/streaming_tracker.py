@@ -650,8 +650,9 @@ class StreamingTracker:
     def _tracking_job(
         self, st: ObjectState, sensors: FrameSensors | None, timings: dict[str, float]
     ) -> ObjectJob | None:
-        """A tracked (not user-prompted) object's job: memory only, or with the prompts of its
-        predicted segment beside the memory (re-prompting); None when it is lost."""
+        """A tracked (not user-prompted) object's job: memory only, or decoded from the prompts
+        of its predicted segment (re-prompting; beside the memory with ``RepromptConfig.memory``);
+        None when it is lost."""
         if self._reprompter is None or sensors is None:
             return ObjectJob(st)
         t0 = self.model.clock.now()
@@ -661,9 +662,11 @@ class StreamingTracker:
             return ObjectJob(st)
         if rp.lost:
             return None
-        # Neither an initial nor a conditioning frame: the memory stays what it was, the
-        # derived prompts only steer this frame's decoding.
-        return ObjectJob(st, None if rp.is_empty else to_object_prompts(rp))
+        if rp.is_empty:
+            return ObjectJob(st)
+        # Not a conditioning frame: the derived prompts only steer this frame's decoding (its
+        # memory is written as a tracked frame's).
+        return ObjectJob(st, to_object_prompts(rp), init=not self._reprompter.config.memory)
 
     def _observe(
         self,

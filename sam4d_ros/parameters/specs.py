@@ -184,8 +184,8 @@ def global_parameter_specs() -> list[ParamSpec]:
            range=(1, 64)),
         _g("tracker.reprompt", True,
            "Motion-compensated re-prompting: each object's LiDAR segment is kept in the fixed "
-           "frame with a constant-velocity estimate, predicted into the next sweep and given to "
-           "the decoder beside the memory as 3D clicks and projected camera boxes; an object "
+           "frame with a constant-velocity estimate, predicted into the next sweep and turned "
+           "into 3D clicks and projected camera boxes that the sweep is decoded from; an object "
            "whose prediction finds no support in the sweep is reported lost (TrackedObject.lost, "
            "absent). false = memory only (the SAM4D protocol, e.g. to reproduce the released "
            "checkpoint's numbers)."),
