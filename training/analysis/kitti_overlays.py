@@ -124,9 +124,11 @@ def run(
     threads: int = 1,
     device: str = "cpu",
     quality: int = 85,
+    reprompt: bool = True,
 ) -> list[Path]:
     """Tracks the :data:`CLICKS` through the sample and writes the pictures; returns their
-    paths."""
+    paths. ``reprompt``: the tracker re-prompts as the node does by default (else memory
+    only, the SAM4D protocol)."""
     import torch
 
     from sam4d_core.build_sam import build_sam4d
@@ -143,11 +145,12 @@ def run(
     bad = [f for f in render if not 0 <= f < len(seq)]
     if bad:
         raise SystemExit(f"frames {bad} are outside the sample's {len(seq)} frames")
-    tracker = StreamingTracker(model, TrackerConfig())
+    tracker = StreamingTracker(model, TrackerConfig(reprompt=reprompt))
     ids = {k + 1: c for k, c in enumerate(CLICKS)}
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    print(f"{Path(ckpt).name} on {data.name}: {len(seq)} frames, {len(CLICKS)} clicks")
+    mode = "re-prompting" if reprompt else "memory only"
+    print(f"{Path(ckpt).name} on {data.name} ({mode}): {len(seq)} frames, {len(CLICKS)} clicks")
     for oid, c in ids.items():
         print(f"  object {oid}: frame {c.frame} pixel ({c.u:.0f}, {c.v:.0f}) {c.what}")
     for t, frame in enumerate(seq.frames):
@@ -166,6 +169,7 @@ def run(
         objs = {o.object_id: o for o in res.objects}
         summary = ", ".join(
             f"{oid}: {int(o.image_masks[CAMERA_NAME].sum())} px / {int(o.point_mask.sum())} pts"
+            + (" (lost)" if o.lost else "")
             for oid, o in objs.items()
         )
         print(f"frame {t:2d} ({time.perf_counter() - t0:.1f} s) {summary}", flush=True)
@@ -178,7 +182,7 @@ def run(
         )
         _caption(
             cam,
-            f"KITTI raw 2011-09-26, frame {t}: {Path(ckpt).name}"
+            f"KITTI raw 2011-09-26, frame {t}: {Path(ckpt).name}, {mode}"
             + (f", clicks on objects {[o for o, _ in given]}" if given else ""),
         )
         labels = np.zeros(len(frame.points), np.int32)
@@ -208,8 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--jpeg-quality", type=int, default=85)
+    p.add_argument(
+        "--memory-only", action="store_true", help="no re-prompting (the node's default is on)"
+    )
     a = p.parse_args(argv)
-    run(a.checkpoint, a.data, a.out, tuple(a.frames), a.threads, a.device, a.jpeg_quality)
+    run(
+        a.checkpoint,
+        a.data,
+        a.out,
+        tuple(a.frames),
+        a.threads,
+        a.device,
+        a.jpeg_quality,
+        reprompt=not a.memory_only,
+    )
     return 0
 
 
