@@ -25,6 +25,7 @@ def tracker_config(params: NodeParameters, model: Any) -> Any:
     Memory sizes above what the model was trained with are clamped to the model's (its temporal
     embeddings are learned per slot).
     """
+    from sam4d_core.tracking.reprompt import RepromptConfig
     from sam4d_core.tracking.streaming_tracker import TrackerConfig
 
     mem = model.config.memory
@@ -41,6 +42,7 @@ def tracker_config(params: NodeParameters, model: Any) -> Any:
             params.max_object_pointers, max(int(mem.max_obj_ptrs_in_encoder), 1)
         ),
         reprompt=params.reprompt,
+        reprompt_config=RepromptConfig(memory=params.reprompt_with_memory),
         runtime=params.runtime,
         onnx_dir=params.onnx_dir or None,
         runtime_threads=params.num_threads,

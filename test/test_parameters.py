@@ -93,6 +93,21 @@ def test_cameras_and_derived_configs():
     assert check({"cameras": ["a"], "camera.a.extrinsics": m16}).cameras[0].extrinsics is not None
 
 
+def test_tracker_parameters_reach_the_tracker_config():
+    """tracker.reprompt / tracker.reprompt_with_memory become the TrackerConfig the node runs
+    (re-prompted sweeps decoded from their prompts alone by default)."""
+    from sam4d_core.build_sam import build_sam4d
+    from sam4d_ros.model_loading import tracker_config
+
+    model = build_sam4d("sam4d_tiny")
+    default = tracker_config(check({}), model)
+    assert default.reprompt and not default.reprompt_config.memory
+    on = tracker_config(check({"tracker.reprompt_with_memory": True}), model)
+    assert on.reprompt and on.reprompt_config.memory
+    off = tracker_config(check({"tracker.reprompt": False}), model)
+    assert not off.reprompt
+
+
 def test_every_problem_is_reported_at_once():
     found = problems({
         "cameras": ["front", "front", "9bad"],

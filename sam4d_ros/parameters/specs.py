@@ -189,6 +189,11 @@ def global_parameter_specs() -> list[ParamSpec]:
            "whose prediction finds no support in the sweep is reported lost (TrackedObject.lost, "
            "absent). false = memory only (the SAM4D protocol, e.g. to reproduce the released "
            "checkpoint's numbers)."),
+        _g("tracker.reprompt_with_memory", False,
+           "With re-prompting, decode a re-prompted sweep with the object's memory beside its "
+           "derived prompts (SAM4D's memory conditioning). false: from the prompts alone, which "
+           "follows objects better with the bundled model and skips memory attention (the memory "
+           "is still written every sweep)."),
         # -------------------------------------------------------------- prompts
         _g("prompts.clicked_point_topic", "/clicked_point",
            "geometry_msgs/PointStamped topic of RViz's Publish Point tool (any TF frame); empty = "

@@ -125,6 +125,7 @@ class NodeParameters:
     num_maskmem: int
     max_object_pointers: int
     reprompt: bool
+    reprompt_with_memory: bool
     clicked_point_topic: str
     image_click_suffix: str
     prompts_max_per_request: int
