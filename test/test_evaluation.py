@@ -149,6 +149,8 @@ def test_cli_writes_json_and_markdown(tiny_reports) -> None:
     assert "### Prompted frame alone" in md and "Targets on the prompted frame" in md
     assert "| prompt | prompted in | image mIoU memory only | image mIoU re-prompting |" in md
     assert "--tracker-modes memory,reprompt" in md
+    assert "--refine-masks on" in md and "Masks are refined with the sweep's geometry" in md
+    assert "--lift-image-clicks on" in md and "3D click on the LiDAR point" in md
     assert "python -m training.evaluate" in md and "--synthetic-seeds 3 5" in md
 
 
@@ -301,6 +303,10 @@ def test_bundled_report_regenerates(bundled_report, tmp_path) -> None:
         str(st["threads"]),
         "--tracker-modes",
         ",".join(st.get("tracker_modes", ["memory"])),
+        "--refine-masks",
+        "on" if st.get("refine_masks") else "off",
+        "--lift-image-clicks",
+        "on" if st.get("lift_image_clicks") else "off",
         "--json",
         str(tmp_path / "r.json"),
         "--quiet",

@@ -94,14 +94,18 @@ def test_cameras_and_derived_configs():
 
 
 def test_tracker_parameters_reach_the_tracker_config():
-    """tracker.reprompt / tracker.reprompt_with_memory become the TrackerConfig the node runs
-    (re-prompted sweeps decoded from their prompts alone by default)."""
+    """tracker.reprompt / tracker.reprompt_with_memory / tracker.refine_masks become the
+    TrackerConfig the node runs (re-prompted sweeps decoded from their prompts alone and LiDAR
+    masks refined by default)."""
     from sam4d_core.build_sam import build_sam4d
     from sam4d_ros.model_loading import tracker_config
 
     model = build_sam4d("sam4d_tiny")
     default = tracker_config(check({}), model)
-    assert default.reprompt and not default.reprompt_config.memory
+    assert default.reprompt and not default.reprompt_config.memory and default.refine_masks
+    assert not tracker_config(check({"tracker.refine_masks": False}), model).refine_masks
+    assert default.lift_image_clicks
+    assert not tracker_config(check({"tracker.lift_image_clicks": False}), model).lift_image_clicks
     on = tracker_config(check({"tracker.reprompt_with_memory": True}), model)
     assert on.reprompt and on.reprompt_config.memory
     off = tracker_config(check({"tracker.reprompt": False}), model)

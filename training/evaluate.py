@@ -177,6 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory,reprompt: tracker modes reported side by side (memory: the SAM4D protocol; "
         "reprompt: motion-compensated re-prompting)",
     )
+    e.add_argument(
+        "--refine-masks",
+        choices=("on", "off"),
+        default="on",
+        help="refine LiDAR masks geometrically, as the node does by default (off: the decoder's "
+        "masks as they are, the SAM4D protocol)",
+    )
+    e.add_argument(
+        "--lift-image-clicks",
+        choices=("on", "off"),
+        default="on",
+        help="add a 3D click under image clicks and box centres, as the node does by default "
+        "(off: the prompt as given, the SAM4D protocol)",
+    )
     r = p.add_argument_group("run and output")
     r.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     r.add_argument("--device", default="cpu")
@@ -214,6 +228,8 @@ def canonical_command(args: argparse.Namespace, checkpoint: Path) -> str:
     parts += ["--max-objects-per-sequence", str(args.max_objects_per_sequence)]
     parts += ["--min-pixels", str(args.min_pixels), "--min-points", str(args.min_points)]
     parts += ["--tracker-modes", args.tracker_modes]
+    parts += ["--refine-masks", args.refine_masks]
+    parts += ["--lift-image-clicks", args.lift_image_clicks]
     parts += ["--threads", str(args.threads), "--device", args.device]
     if args.json:
         parts += ["--json", _display_path(args.json)]
@@ -296,6 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         min_points=args.min_points,
         max_objects=args.max_objects_per_sequence or None,
         tracker_modes=_split(args.tracker_modes),
+        refine_masks=args.refine_masks == "on",
+        lift_image_clicks=args.lift_image_clicks == "on",
     )
     sources: list[Source] = []
     if args.synthetic_seeds:

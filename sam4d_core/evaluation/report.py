@@ -343,7 +343,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             if st.get("max_objects")
             else ""
         )
-        + ".",
+        + "."
+        + (
+            " Masks are refined with the sweep's geometry in every tracker mode, as the node "
+            "does by default (`refine_masks`: the LiDAR mask's segment nearest the prompt or the "
+            "predicted position, completed with the non-ground clusters it mostly covers; camera "
+            "masks following it where the LiDAR sees, then one GrabCut iteration; "
+            "`--refine-masks off` reports the decoder's masks)."
+            if st.get("refine_masks")
+            else ""
+        )
+        + (
+            " An image click (a box: its centre) also gives the tracker a 3D click on the LiDAR "
+            "point seen under it "
+            "(`lift_image_clicks`, the node's default; `--lift-image-clicks off`: the prompt as "
+            "given)."
+            if st.get("lift_image_clicks")
+            else ""
+        ),
         "",
     ]
     agg = report["aggregate"]

@@ -109,6 +109,10 @@ class EvalConfig:
         bound_th: DAVIS boundary tolerance (fraction of the image diagonal).
         mask_threshold: the tracker's mask probability threshold.
         tracker_modes: subset of :data:`TRACKER_MODES`, each run on the same prompts.
+        refine_masks: the tracker refines masks with the sweep's geometry in every mode
+            (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.refine_masks`).
+        lift_image_clicks: the tracker adds a 3D click under image clicks
+            (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.lift_image_clicks`).
     """
 
     prompt_types: tuple[str, ...] = PROMPT_TYPES
@@ -120,6 +124,8 @@ class EvalConfig:
     bound_th: float = DAVIS_BOUND_TH
     mask_threshold: float = 0.5
     tracker_modes: tuple[str, ...] = ("memory",)
+    refine_masks: bool = False
+    lift_image_clicks: bool = False
 
     def __post_init__(self) -> None:
         self.prompt_types = tuple(self.prompt_types)
@@ -497,6 +503,8 @@ def evaluate_sequence(
                 max_objects=max(1, len(objects)),
                 mask_threshold=config.mask_threshold,
                 reprompt=mode == "reprompt",
+                refine_masks=config.refine_masks,
+                lift_image_clicks=config.lift_image_clicks,
             ),
         )
         for combo in plans

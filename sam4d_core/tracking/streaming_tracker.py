@@ -71,6 +71,14 @@ from sam4d_core.tracking.engine import (
     sensor_logits,
     snap_to_model_grid,
 )
+from sam4d_core.tracking.mask_refine import (
+    MaskRefineConfig,
+    PixelPoints,
+    anchor_from_prompts,
+    guide_camera_masks,
+    lifted_clicks,
+    refine_point_mask,
+)
 from sam4d_core.tracking.records import (
     MAX_OBJECT_ID,
     ObjectPrompt,
@@ -127,6 +135,19 @@ class TrackerConfig:
             In both modes an object whose output has no mask anywhere (no pixel, no point) is
             reported lost on that frame (:class:`~sam4d_core.tracking.records.ObjectResult`).
         reprompt_config: settings of the motion model and the prompt derivation.
+        refine_masks: refine each object's masks with the sweep's geometry
+            (:mod:`sam4d_core.tracking.mask_refine`): its LiDAR mask becomes the mask's segment
+            nearest the object's prompt, completed with the non-ground clusters it mostly
+            covers; its camera masks follow that segment where the LiDAR sees and one GrabCut
+            iteration puts their boundary on the image's edges. The results and what the motion
+            model observes use them. False: the decoder's masks as they are (the SAM4D
+            protocol).
+        mask_refine_config: settings of that refinement.
+        lift_image_clicks: an object prompted in an image and nothing in the LiDAR gets a 3D
+            click too, on the sweep point seen under each positive click (or a box's centre)
+            (:func:`~sam4d_core.tracking.mask_refine.lifted_clicks`), so the LiDAR decoder is
+            prompted where the user clicked rather than through the image alone. False: the
+            prompt as given (the SAM4D protocol).
         runtime: where the model's dense stages run: "torch" (PyTorch eager), "onnxruntime" or
             "tensorrt" (:mod:`sam4d_core.runtime`); the rest of the step is the same.
         onnx_dir: the ONNX export of this model (``python -m sam4d_export onnx``), for
@@ -149,6 +170,9 @@ class TrackerConfig:
     device: str | None = None
     reprompt: bool = False
     reprompt_config: RepromptConfig = field(default_factory=RepromptConfig)
+    refine_masks: bool = False
+    mask_refine_config: MaskRefineConfig = field(default_factory=MaskRefineConfig)
+    lift_image_clicks: bool = False
     runtime: str = "torch"
     onnx_dir: str | None = None
     runtime_threads: int = 0
@@ -266,6 +290,8 @@ class StreamingTracker:
         self._next_index = 0
         self._order = 0
         self._reprompter = Reprompter(cfg.reprompt_config) if cfg.reprompt else None
+        # The newest frame's camera images (mask refinement's GrabCut; older frames keep none).
+        self._newest_images: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -337,6 +363,7 @@ class StreamingTracker:
             )
             self._next_index += 1
             self._buffer.append(bf)
+            self._newest_images = {n: c.image for n, c in frame.cameras.items()}
             self._prune()
 
             requests = self._take_due_pending(bf)
@@ -362,9 +389,10 @@ class StreamingTracker:
                     else:
                         jobs.append(job)
             outs = run_frame(self.model, features, bf.index, jobs, timings=timings) if jobs else []
-            self._observe(bf, sensors, jobs, outs, lost, timings)
+            refined = self._refine(bf, jobs, outs, timings)
+            self._observe(bf, sensors, jobs, outs, lost, timings, refined)
             states, outs = self._with_lost(bf, jobs, outs, lost)
-            objects = self._results(bf, states, outs, timings, lost)
+            objects = self._results(bf, states, outs, timings, lost, refined)
             self._latest = {r.object_id: r for r in objects}
             timings["total"] = (self.model.clock.now() - t0) * 1e3
             return StepResult(ts, bf.index, objects, timings)
@@ -448,6 +476,7 @@ class StreamingTracker:
             self._pending.clear()
             self._camera_slots.clear()
             self._next_index = 0
+            self._newest_images = {}
             if self._reprompter is not None:
                 self._reprompter.clear()
 
@@ -552,6 +581,13 @@ class StreamingTracker:
                 out = merge_prompts(out, ObjectPrompts(lidar=LidarPrompt(pts, labels, box, mask)))
         if out.is_empty:
             raise PromptError(f"{where}: the prompt has no points, box or mask")
+        lid = bf.features.lidar
+        if self.config.lift_image_clicks and out.lidar is None and lid is not None:
+            xyz = lid.points_xyz.detach().float().cpu().numpy()
+            lifted = lifted_clicks(out, xyz, bf.cameras)
+            if len(lifted):
+                labels = np.ones(len(lifted), np.int64)
+                out = merge_prompts(out, ObjectPrompts(lidar=LidarPrompt(lifted, labels)))
         return out
 
     def _take_due_pending(self, bf: BufferedFrame) -> dict[int, _Request]:
@@ -597,6 +633,7 @@ class StreamingTracker:
         newest = self._buffer[-1]
         final: dict[int, ObjectFrameOutput] = {}
         final_lost: set[int] = set()
+        final_refined: dict[int, np.ndarray] = {}
         for bf in self._buffer:
             if bf.index < first:
                 continue
@@ -634,14 +671,23 @@ class StreamingTracker:
             outs = (
                 run_frame(self.model, bf.features, bf.index, jobs, timings=timings) if jobs else []
             )
-            self._observe(bf, sensors, jobs + kept_jobs, list(outs) + kept_outs, lost, timings)
+            refined = self._refine(bf, jobs + kept_jobs, list(outs) + kept_outs, timings)
+            self._observe(
+                bf, sensors, jobs + kept_jobs, list(outs) + kept_outs, lost, timings, refined
+            )
             if bf is newest:
+                final_refined = refined
                 states, with_lost = self._with_lost(bf, jobs, outs, lost)
                 final.update({st.obj_id: o for st, o in zip(states, with_lost, strict=True)})
                 final_lost = lost
         oids = list(final)
         results = self._results(
-            newest, [self._objects[o] for o in oids], list(final.values()), timings, final_lost
+            newest,
+            [self._objects[o] for o in oids],
+            list(final.values()),
+            timings,
+            final_lost,
+            final_refined,
         )
         self._latest.update({r.object_id: r for r in results})
         return first
@@ -668,6 +714,40 @@ class StreamingTracker:
         # memory is written as a tracked frame's).
         return ObjectJob(st, to_object_prompts(rp), init=not self._reprompter.config.memory)
 
+    def _refine(
+        self,
+        bf: BufferedFrame,
+        jobs: Sequence[ObjectJob],
+        outs: Sequence[ObjectFrameOutput],
+        timings: dict[str, float],
+    ) -> dict[int, np.ndarray]:
+        """Object id -> (N,) bool refined point mask of each present output on ``bf``
+        (:mod:`~sam4d_core.tracking.mask_refine`, anchored on the object's prompts there);
+        empty when the refinement is off or the frame has no LiDAR."""
+        lid = bf.features.lidar
+        if not self.config.refine_masks or lid is None or not jobs:
+            return {}
+        t0 = self.model.clock.now()
+        pl = point_logits(bf.features, outs)
+        if pl is None:
+            return {}
+        masks = (pl > self.config.mask_logit_threshold).cpu().numpy()
+        xyz = lid.points_xyz.detach().float().cpu().numpy()
+        out: dict[int, np.ndarray] = {}
+        for i, (job, o) in enumerate(zip(jobs, outs, strict=True)):
+            if o.absent:
+                continue
+            st = job.state
+            prompts = job.prompts if job.prompts is not None else st.inputs.get(bf.index)
+            anchor = anchor_from_prompts(prompts, bf.cameras)
+            out[st.obj_id] = refine_point_mask(
+                xyz, masks[i], anchor, self.config.mask_refine_config
+            )
+        timings["postprocess"] = (
+            timings.get("postprocess", 0.0) + (self.model.clock.now() - t0) * 1e3
+        )
+        return out
+
     def _observe(
         self,
         bf: BufferedFrame,
@@ -676,8 +756,10 @@ class StreamingTracker:
         outs: Sequence[ObjectFrameOutput],
         lost: set[int],
         timings: dict[str, float],
+        refined: dict[int, np.ndarray] | None = None,
     ) -> None:
-        """Updates the objects' motion with their outputs on ``bf`` (lost ones coast)."""
+        """Updates the objects' motion with their outputs on ``bf`` (lost ones coast), from
+        their refined point masks where there are (``refined``: object id -> (N,) bool)."""
         rep = self._reprompter
         if rep is None or sensors is None:
             return
@@ -697,6 +779,8 @@ class StreamingTracker:
                 low = (o.image_logits > thr).cpu().numpy()
                 cams = {cam: low[row] for row, cam in enumerate(o.camera_ids)}
             mask = None if masks is None else masks[i]
+            if refined and job.state.obj_id in refined:
+                mask = refined[job.state.obj_id]
             rep.observe(job.state.obj_id, sensors, mask, presence, cams)
         timings["reprompt"] = timings.get("reprompt", 0.0) + (self.model.clock.now() - t0) * 1e3
 
@@ -728,8 +812,11 @@ class StreamingTracker:
         outs: Sequence[ObjectFrameOutput],
         timings: dict[str, float],
         lost: set[int] | None = None,
+        refined: dict[int, np.ndarray] | None = None,
     ) -> list[ObjectResult]:
-        """Per-object records at the sensors' resolution (numpy, on the CPU)."""
+        """Per-object records at the sensors' resolution (numpy, on the CPU); ``refined``:
+        object id -> (N,) bool refined point mask replacing the thresholded logits (and guiding
+        the object's camera masks, :func:`~sam4d_core.tracking.mask_refine.guide_camera_masks`)."""
         t0 = self.model.clock.now()
         if not states:
             return []
@@ -747,8 +834,30 @@ class StreamingTracker:
             point_masks = np.zeros((len(states), 0), bool)
             point_scores = np.zeros((len(states), 0), np.float32)
         results = []
+        # Geometric refinement: each camera's pixel -> point map, built once for all objects.
+        pixels: dict[str, PixelPoints] = {}
+        geometry = {names[c.slot]: c for c in bf.cameras if c.slot in names}
+        images = self._newest_images if self._buffer and bf is self._buffer[-1] else None
+        xyz = None
         for i, (st, o) in enumerate(zip(states, outs, strict=True)):
             image_masks = {name: m[i] for name, m in cam_masks.items()}
+            seg = (refined or {}).get(st.obj_id)
+            if seg is not None and len(seg) == point_masks.shape[1]:
+                point_masks[i], point_scores[i] = _with_refined(
+                    point_masks[i], point_scores[i], seg, self.config.mask_threshold
+                )
+                if xyz is None:
+                    lid = bf.features.lidar
+                    xyz = lid.points_xyz.detach().float().cpu().numpy()  # type: ignore[union-attr]
+                image_masks = guide_camera_masks(
+                    image_masks,
+                    seg,
+                    xyz,
+                    geometry,
+                    self.config.mask_refine_config,
+                    pixels,
+                    images,
+                )
             # Lost: no support (not run), or a mask nowhere (no pixel in any camera and no
             # point) whatever the presence score says: an object without a mask is not tracked.
             is_lost = (lost is not None and st.obj_id in lost) or not (
@@ -792,6 +901,20 @@ class StreamingTracker:
 
 # ---------------------------------------------------------------------------------------------
 # Validation helpers.
+
+
+def _with_refined(
+    mask: np.ndarray, scores: np.ndarray, refined: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """An object's (N,) point mask and probabilities after its refinement: probabilities of
+    points the refinement added are raised to just above ``threshold``, of those it removed
+    lowered to just below, so that the mask is still the probabilities above the threshold."""
+    scores = scores.copy()
+    thr = np.float32(threshold)
+    added, removed = refined & ~mask, mask & ~refined
+    scores[added] = np.maximum(scores[added], np.nextafter(thr, np.float32(1)))
+    scores[removed] = np.minimum(scores[removed], thr)
+    return refined.copy(), scores
 
 
 def _check_frame(frame: Frame) -> int:

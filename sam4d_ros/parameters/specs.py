@@ -194,6 +194,19 @@ def global_parameter_specs() -> list[ParamSpec]:
            "derived prompts (SAM4D's memory conditioning). false: from the prompts alone, which "
            "follows objects better with the bundled model and skips memory attention (the memory "
            "is still written every sweep)."),
+        _g("tracker.refine_masks", True,
+           "Refine each object's masks with the sweep's geometry: keep the LiDAR mask's segment "
+           "nearest the object's prompt (the click, the box, the predicted position), dropping "
+           "pieces on other objects metres away, complete it with the non-ground point clusters "
+           "it mostly covers, and let each camera mask follow that segment where the LiDAR "
+           "sees (a pixel near a projected point takes its label). Results and the motion model "
+           "use the refined masks; the memory is written from the decoder's. false = the "
+           "decoder's masks as they are (with tracker.reprompt false, the SAM4D protocol)."),
+        _g("tracker.lift_image_clicks", True,
+           "An object prompted in an image only also gets a 3D click on the LiDAR point seen "
+           "under each click or a box's centre (the nearest in depth within 4 px), so its LiDAR "
+           "mask is prompted where the user pointed. false = the prompt as given (the SAM4D "
+           "protocol)."),
         # -------------------------------------------------------------- prompts
         _g("prompts.clicked_point_topic", "/clicked_point",
            "geometry_msgs/PointStamped topic of RViz's Publish Point tool (any TF frame); empty = "

@@ -126,6 +126,8 @@ class NodeParameters:
     max_object_pointers: int
     reprompt: bool
     reprompt_with_memory: bool
+    refine_masks: bool
+    lift_image_clicks: bool
     clicked_point_topic: str
     image_click_suffix: str
     prompts_max_per_request: int

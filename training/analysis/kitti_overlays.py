@@ -125,10 +125,12 @@ def run(
     device: str = "cpu",
     quality: int = 85,
     reprompt: bool = True,
+    refine_masks: bool = True,
 ) -> list[Path]:
     """Tracks the :data:`CLICKS` through the sample and writes the pictures; returns their
-    paths. ``reprompt``: the tracker re-prompts as the node does by default (else memory
-    only, the SAM4D protocol)."""
+    paths. ``reprompt`` / ``refine_masks``: the tracker re-prompts, refines masks with the
+    sweep's geometry and lifts image clicks to 3D as the node does by default (both off: memory
+    only, the decoder's masks, the SAM4D protocol)."""
     import torch
 
     from sam4d_core.build_sam import build_sam4d
@@ -145,11 +147,15 @@ def run(
     bad = [f for f in render if not 0 <= f < len(seq)]
     if bad:
         raise SystemExit(f"frames {bad} are outside the sample's {len(seq)} frames")
-    tracker = StreamingTracker(model, TrackerConfig(reprompt=reprompt))
+    tracker = StreamingTracker(
+        model,
+        TrackerConfig(reprompt=reprompt, refine_masks=refine_masks, lift_image_clicks=refine_masks),
+    )
     ids = {k + 1: c for k, c in enumerate(CLICKS)}
     out.mkdir(parents=True, exist_ok=True)
     written = []
     mode = "re-prompting" if reprompt else "memory only"
+    mode += ", masks refined" if refine_masks else ", the decoder's masks"
     print(f"{Path(ckpt).name} on {data.name} ({mode}): {len(seq)} frames, {len(CLICKS)} clicks")
     for oid, c in ids.items():
         print(f"  object {oid}: frame {c.frame} pixel ({c.u:.0f}, {c.v:.0f}) {c.what}")
@@ -215,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--memory-only", action="store_true", help="no re-prompting (the node's default is on)"
     )
+    p.add_argument(
+        "--raw-masks",
+        action="store_true",
+        help="the decoder's masks as they are and image clicks as given (the node refines masks "
+        "and lifts image clicks to 3D by default)",
+    )
     a = p.parse_args(argv)
     run(
         a.checkpoint,
@@ -225,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         a.device,
         a.jpeg_quality,
         reprompt=not a.memory_only,
+        refine_masks=not a.raw_masks,
     )
     return 0
 

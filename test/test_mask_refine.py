@@ -1,0 +1,354 @@
+"""LiDAR mask refinement: the prompt's segment is kept and spill metres away dropped, a partial
+mask is completed to its object without the ground or a neighbour, anchors from every prompt
+kind, and the streaming tracker's results and motion model use the refined masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sam4d_core.build_sam import build_sam4d
+from sam4d_core.data.synthetic import generate_sequence, make_config
+from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
+from sam4d_core.tracking import mask_refine as pr
+from sam4d_core.tracking.mask_refine import (
+    MaskRefineConfig,
+    PixelPoints,
+    SegmentAnchor,
+    anchor_from_prompts,
+    grabcut_image_mask,
+    ground_points,
+    guide_camera_masks,
+    guided_image_mask,
+    lifted_clicks,
+    pixel_points,
+    refine_point_mask,
+    select_segment,
+)
+from sam4d_core.tracking.records import ImagePrompt, ObjectPrompt
+from sam4d_core.tracking.records import LidarPrompt as RecordLidarPrompt
+from sam4d_core.tracking.reprompt import CameraGeometry, camera_geometry, transform_points
+from sam4d_core.tracking.streaming_tracker import StreamingTracker, TrackerConfig
+
+torch.set_num_threads(1)
+
+
+def _box(rng: np.random.Generator, centre, size=(4.5, 1.8, 1.5), n: int = 400) -> np.ndarray:
+    """(n, 3) points on the surface of a box of ``size`` 0.3 m above the ground (z = 0, a car's
+    clearance) with its footprint centred at ``centre`` (x, y)."""
+    u = rng.uniform(-0.5, 0.5, size=(n, 3))
+    face = rng.integers(0, 3, n)
+    u[np.arange(n), face] = rng.choice([-0.5, 0.5], n)
+    p = u * np.asarray(size)
+    p[:, 2] += size[2] / 2 + 0.3
+    return p + [centre[0], centre[1], 0.0]
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    """Ground (label 0), a car at 12 m (1), a car 1.5 m beside it (2), a car 15 m further (3)."""
+    rng = np.random.default_rng(0)
+    g = np.c_[rng.uniform(0, 40, 6000), rng.uniform(-15, 15, 6000), rng.normal(0, 0.02, 6000)]
+    parts = [g, _box(rng, (12, 0)), _box(rng, (12, 3.3)), _box(rng, (27, -2))]
+    xyz = np.concatenate(parts)
+    labels = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    return xyz, labels
+
+
+def _front_camera() -> CameraGeometry:
+    """A 640 x 384 camera looking along the LiDAR's x axis from 1.5 m above the ground."""
+    K = np.array([[400.0, 0, 320], [0, 400.0, 192], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]
+    T[:3, 3] = T[:3, :3] @ np.array([0.0, 0.0, -1.5])
+    return CameraGeometry(0, K, T, (384, 640))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_the_prompted_segment_is_kept_and_spill_far_away_dropped() -> None:
+    xyz, lab = _scene()
+    mask = (lab == 1) | (lab == 3)  # the car and a car 15 m away
+    click = xyz[np.flatnonzero(lab == 1)[0]]
+    out = select_segment(xyz, mask, SegmentAnchor(points=click[None]), radius=4.0)
+    assert np.array_equal(out, lab == 1)
+    far = select_segment(xyz, mask, SegmentAnchor(points=xyz[lab == 3][:1]), radius=4.0)
+    assert np.array_equal(far, lab == 3)
+    # Without an anchor the largest segment stays.
+    mask3 = mask & ~((lab == 1) & (np.arange(len(lab)) % 2 == 0))
+    assert np.array_equal(select_segment(xyz, mask3, SegmentAnchor(), 4.0), lab == 3)
+
+
+def test_an_image_click_anchors_the_segment_it_sees() -> None:
+    xyz, lab = _scene()
+    cam = _front_camera()
+    mask = (lab == 1) | (lab == 3)
+    uv, seen = pr._project(xyz, cam)
+    for obj in (1, 3):
+        click = np.median(uv[(lab == obj) & seen], axis=0)
+        out = select_segment(xyz, mask, SegmentAnchor(pixels=click[None], camera=cam), 4.0)
+        assert np.array_equal(out, lab == obj), obj
+
+
+def test_a_partial_mask_is_completed_without_ground_or_neighbour() -> None:
+    xyz, lab = _scene()
+    rng = np.random.default_rng(1)
+    car = lab == 1
+    partial = car & (rng.random(len(lab)) < 0.55)  # the decoder's mask caught half the car
+    spill = (lab == 0) & (np.linalg.norm(xyz[:, :2] - [12, 0], axis=1) < 3.5)  # and the road
+    mask = partial | (spill & (rng.random(len(lab)) < 0.3))
+    anchor = SegmentAnchor(points=xyz[np.flatnonzero(partial)[:1]])
+    out = refine_point_mask(xyz, mask, anchor, MaskRefineConfig())
+    assert _iou(mask, car) < 0.6
+    assert not (out & (lab == 2)).any()  # the neighbour 1.5 m away stays out
+    assert (out & (lab == 0)).sum() <= (mask & (lab == 0)).sum()  # the road does not grow
+    assert (out & car).sum() >= 0.95 * car.sum()
+    assert _iou(out, car) > 0.9
+    # Completion off: only the selection.
+    only = refine_point_mask(xyz, mask, anchor, MaskRefineConfig(complete=False))
+    assert np.array_equal(only, select_segment(xyz, mask, anchor, 4.0))
+
+
+def test_ground_points_are_the_local_ground() -> None:
+    xyz, lab = _scene()
+    g = ground_points(xyz, 1.0, 0.25)
+    assert g[lab == 0].mean() > 0.99
+    assert g[lab > 0].mean() < 0.2  # the cars' lowest band only
+
+
+def test_camera_masks_follow_the_segment_where_the_lidar_sees() -> None:
+    xyz, lab = _scene()
+    cam = _front_camera()
+    pix = pixel_points(xyz, cam, radius_px=6.0)
+    uv, seen = pr._project(xyz, cam)
+    assert np.array_equal(pix.seen, seen)
+    car = lab == 1
+    # The decoder's mask: the car's and its neighbour's bounding rectangle, plus a patch of sky
+    # (no point projects there).
+    both = (lab == 1) | (lab == 2)
+    lo, hi = uv[both & seen].min(0).astype(int), uv[both & seen].max(0).astype(int)
+    mask = np.zeros(cam.size, bool)
+    mask[lo[1] : hi[1] + 1, lo[0] : hi[0] + 1] = True
+    mask[5:25, 5:25] = True
+    assert (pix.index[5:25, 5:25] == -1).all()
+    out = guided_image_mask(mask, car, pix, min_points=5)
+    assert out[5:25, 5:25].all()  # where the LiDAR does not see, the decoder's mask stays
+    q = np.round(uv[seen]).astype(int)
+    labels_at = {(v, u): obj for (u, v), obj in zip(q, lab[seen], strict=True)}
+    on_car = [out[v, u] for (v, u), obj in labels_at.items() if obj == 1 and pix.index[v, u] >= 0]
+    on_neighbour = [out[v, u] for (v, u), obj in labels_at.items() if obj == 2]
+    assert np.mean(on_car) > 0.9 and not np.any(on_neighbour)
+    # Too few of the segment's points in the camera: the mask as it is.
+    few = np.zeros(len(lab), bool)
+    few[np.flatnonzero(car & seen)[:3]] = True
+    assert np.array_equal(guided_image_mask(mask, few, pix, min_points=5), mask)
+    # Through the per-camera entry point, with its cache; a camera without calibration stays.
+    cache: dict = {}
+    got = guide_camera_masks(
+        {"front": mask, "rear": mask}, car, xyz, {"front": cam}, MaskRefineConfig(), cache
+    )
+    assert np.array_equal(got["front"], out) and got["rear"] is mask and set(cache) == {"front"}
+
+
+def test_grabcut_moves_a_blocky_mask_onto_the_image_edges() -> None:
+    """A red car on grey road, seen by points every 8 pixels: the guided mask is blocky (each
+    pixel takes the label of the nearest point); GrabCut seeded by the points' pixels puts the
+    boundary on the car's edges."""
+    h, w = 120, 200
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(120, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+    car = np.zeros((h, w), bool)
+    car[43:81, 61:143] = True
+    image[car] = np.clip(rng.normal([200, 30, 30], 6, (car.sum(), 3)), 0, 255).astype(np.uint8)
+    vs, us = np.mgrid[2:h:8, 2:w:8]
+    rows = np.arange(vs.size)
+    hit = np.full((h, w), -1, np.int64)
+    hit[vs.ravel(), us.ravel()] = rows
+    # Nearest point per pixel (within 6 px): the blocky labelling the guidance gives.
+    vv, uu = np.mgrid[0:h, 0:w]
+    nv, nu = (
+        np.clip((vv - 2 + 4) // 8, 0, vs.shape[0] - 1),
+        np.clip((uu - 2 + 4) // 8, 0, vs.shape[1] - 1),
+    )
+    index = nv * vs.shape[1] + nu
+    pix = PixelPoints(index, np.ones(vs.size, bool), hit)
+    segment = car[vs.ravel(), us.ravel()]
+    guided = guided_image_mask(np.zeros((h, w), bool), segment, pix, min_points=1)
+    out = grabcut_image_mask(image, guided, segment, pix, MaskRefineConfig())
+    assert _iou(guided, car) < 0.9
+    assert _iou(out, car) > 0.97
+    # An image that does not fit the mask: the mask as it is.
+    assert grabcut_image_mask(image[:10], guided, segment, pix, MaskRefineConfig()) is guided
+
+
+def test_a_pixel_takes_the_label_of_the_nearest_point_in_depth() -> None:
+    cam = _front_camera()
+    # Two points on one ray: the near one (the object) hides the far one, whichever comes first.
+    ray = np.array([1.0, 0.2, 0.1])
+    for order in ([0, 1], [1, 0]):
+        xyz = np.stack([ray * 10, ray * 30])[order]
+        seg = np.array([True, False])[order]
+        pix = pixel_points(xyz, cam, 3.0)
+        out = guided_image_mask(np.zeros(cam.size, bool), seg, pix, min_points=1)
+        assert out.sum() > 0 and (pix.index[out] == order.index(0)).all()
+
+
+def test_anchors_of_every_prompt_kind() -> None:
+    cam = _front_camera()
+    lid = ObjectPrompts(lidar=LidarPrompt(np.array([[1.0, 2, 3], [4, 5, 6]]), np.array([0, 1])))
+    assert np.array_equal(anchor_from_prompts(lid, [cam]).points, [[4.0, 5, 6]])
+    box = ObjectPrompts(lidar=LidarPrompt(box=np.array([0.0, 2, 4, 6])))
+    assert np.array_equal(anchor_from_prompts(box, [cam]).bev, [2.0, 4])
+    click = ObjectPrompts(cameras={0: CameraPrompt(np.array([[10.0, 20]]), np.array([1]))})
+    a = anchor_from_prompts(click, [cam])
+    assert a.camera is cam and np.array_equal(a.pixels, [[10.0, 20]])
+    ibox = ObjectPrompts(cameras={0: CameraPrompt(box=np.array([0.0, 0, 10, 20]))})
+    assert np.array_equal(anchor_from_prompts(ibox, [cam]).pixels, [[5.0, 10]])
+    # A camera the frame lacks, a mask prompt or no prompt: no anchor (the largest segment).
+    other = ObjectPrompts(cameras={5: CameraPrompt(box=np.array([0.0, 0, 10, 20]))})
+    for p in (other, ObjectPrompts(lidar=LidarPrompt(mask=np.ones(4, bool))), None):
+        a = anchor_from_prompts(p, [cam])
+        assert a.points is None and a.bev is None and a.pixels is None
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="segment_radius"):
+        MaskRefineConfig(segment_radius=0)
+    with pytest.raises(ValueError, match="min_overlap"):
+        MaskRefineConfig(min_overlap=1.5)
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return generate_sequence(make_config("tiny", num_frames=3))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_sam4d("sam4d_tiny")
+
+
+def test_tracker_results_and_motion_use_the_refined_mask(model, seq) -> None:
+    """With ``refine_masks`` the tracker's point masks are the refinement of the decoder's
+    (anchored on the click), its probabilities agree with them, and the motion model observes
+    the refined segment."""
+    f0 = seq[0]
+    ids, counts = np.unique(f0.point_labels[f0.point_labels > 0], return_counts=True)
+    obj = int(ids[np.argmax(counts)])
+    click = f0.points[np.flatnonzero(f0.point_labels == obj)[0], :3].astype(np.float64)
+    prompt = ObjectPrompt(1, lidar=RecordLidarPrompt(points=click[None], labels=np.array([1])))
+    raw = StreamingTracker(model, TrackerConfig(reprompt=True))
+    # The random tiny model's segment is small: guide cameras that see a single point of it.
+    cfg = MaskRefineConfig(image_min_points=1)
+    ref = StreamingTracker(
+        model, TrackerConfig(reprompt=True, refine_masks=True, mask_refine_config=cfg)
+    )
+    results = []
+    for tr in (raw, ref):
+        tr.step(f0)
+        results.append(tr.add_prompts([prompt]).objects[0])
+    (r0,), (r1,) = [results[0:1], results[1:2]]
+    xyz = ref._buffer[-1].features.lidar.points_xyz.numpy()
+    expected = refine_point_mask(xyz, r0.point_mask, SegmentAnchor(points=click[None]), cfg)
+    assert r0.point_mask.any()
+    assert np.array_equal(r1.point_mask, expected)
+    assert np.array_equal(r1.point_mask, r1.point_scores > 0.5)
+    # The camera masks follow the refined segment (the decoder's mask where the LiDAR is blind).
+    cams = {c.slot: c for c in ref._buffer[-1].cameras}
+    geometry = {name: cams[slot] for name, slot in ref._camera_slots.items()}
+    images = {n: c.image for n, c in f0.cameras.items()}
+    guided = guide_camera_masks(r0.image_masks, expected, xyz, geometry, cfg, {}, images)
+    assert set(r1.image_masks) == set(guided)
+    assert any(not np.array_equal(guided[n], r0.image_masks[n]) for n in guided), "nothing guided"
+    for name in guided:
+        assert np.array_equal(r1.image_masks[name], guided[name]), name
+    if np.array_equal(r0.point_mask, expected):
+        pytest.fail("the decoder's mask needed no refinement: the test checks nothing")
+    seg = ref._reprompter.motions[1].history[0].segment  # world frame
+    inside = {
+        tuple(p) for p in np.round(transform_points(f0.world_from_lidar, xyz[r1.point_mask]), 3)
+    }
+    assert all(tuple(p) in inside for p in np.round(seg, 3))
+    # The next sweep is refined too (anchored on the derived prompts) and stays consistent.
+    (o,) = ref.step(seq[1]).objects
+    assert np.array_equal(o.point_mask, o.point_scores > 0.5)
+
+
+def test_a_replayed_prompt_gives_the_live_refined_masks(model, seq) -> None:
+    """A click on a past sweep replayed to the newest gives the masks the live tracker gave
+    (the refinement, GrabCut included, is deterministic)."""
+    f0 = seq[0]
+    ids, counts = np.unique(f0.point_labels[f0.point_labels > 0], return_counts=True)
+    obj = int(ids[np.argmax(counts)])
+    click = f0.points[np.flatnonzero(f0.point_labels == obj)[0], :3].astype(np.float64)
+
+    def prompt(stamp=None) -> ObjectPrompt:
+        lp = RecordLidarPrompt(points=click[None], labels=np.array([1]))
+        return ObjectPrompt(1, stamp=stamp, lidar=lp)
+
+    cfg = TrackerConfig(
+        reprompt=True, refine_masks=True, mask_refine_config=MaskRefineConfig(image_min_points=1)
+    )
+    live = StreamingTracker(model, cfg)
+    live.step(f0)
+    live.add_prompts([prompt()])
+    for f in seq.frames[1:3]:
+        a = live.step(f)
+    late = StreamingTracker(model, cfg)
+    for f in seq.frames[:3]:
+        late.step(f)
+    b = late.add_prompts([prompt(f0.timestamp)])
+    assert b is not None and b.replayed_from == 0
+    (oa,), (ob,) = a.objects, b.objects
+    assert np.array_equal(oa.point_mask, ob.point_mask)
+    assert set(oa.image_masks) == set(ob.image_masks)
+    for name in oa.image_masks:
+        assert np.array_equal(oa.image_masks[name], ob.image_masks[name]), name
+
+
+def test_image_clicks_are_lifted_to_the_point_seen_under_them() -> None:
+    xyz, lab = _scene()
+    cam = _front_camera()
+    uv, seen = pr._project(xyz, cam)
+    row = np.flatnonzero((lab == 1) & seen)[7]
+    # A positive click on that point's pixel, a negative one beside it, one in the sky.
+    clicks = np.array([uv[row], uv[row] + 1, [10.0, 10.0]])
+    p = ObjectPrompts(cameras={0: CameraPrompt(clicks, np.array([1, 0, 1]))})
+    lifted = lifted_clicks(p, xyz, [cam])
+    assert lifted.shape == (1, 3)
+    seen_there = pixel_points(xyz, cam, 4.0).index[int(round(uv[row, 1])), int(round(uv[row, 0]))]
+    assert np.allclose(lifted[0], xyz[seen_there]) and lab[seen_there] == 1
+    assert lifted_clicks(p, xyz, []).shape == (0, 3)  # no calibration: nothing lifted
+    # A box without a click: its centre.
+    box = np.r_[uv[row] - 5, uv[row] + 5]
+    boxed = lifted_clicks(ObjectPrompts(cameras={0: CameraPrompt(box=box)}), xyz, [cam])
+    assert np.allclose(boxed, lifted)
+
+
+def test_the_tracker_lifts_an_image_click_to_a_lidar_click(model, seq) -> None:
+    f0 = seq[0]
+    name = next(iter(f0.cameras))
+    geo = camera_geometry(f0, {n: k for k, n in enumerate(f0.cameras)})[0]
+    xyz0 = f0.points[:, :3].astype(np.float64)
+    uv0, seen0 = pr._project(xyz0, geo)
+    ids, counts = np.unique(f0.point_labels[seen0 & (f0.point_labels > 0)], return_counts=True)
+    row = np.flatnonzero(seen0 & (f0.point_labels == ids[np.argmax(counts)]))[0]
+    u, v = np.round(uv0[row])
+    click = ImagePrompt(name, points=np.array([[u, v]]), labels=np.array([1]))
+    for lift in (False, True):
+        tr = StreamingTracker(model, TrackerConfig(lift_image_clicks=lift))
+        tr.step(f0)
+        tr.add_prompts([ObjectPrompt(1, image=[click])])
+        lidar = tr._objects[1].inputs[0].lidar
+        if not lift:
+            assert lidar is None
+            continue
+        assert lidar is not None and len(lidar.points) == 1 and list(lidar.labels) == [1]
+        geo = {c.slot: c for c in tr._buffer[-1].cameras}[tr._camera_slots[name]]
+        xyz = tr._buffer[-1].features.lidar.points_xyz.numpy().astype(np.float64)
+        uv, seen = pr._project(np.asarray(lidar.points, np.float64), geo)
+        assert seen.all() and np.linalg.norm(uv[0] - [u, v]) <= 4.0 + 1e-6
+        assert np.isclose(np.linalg.norm(xyz - lidar.points[0], axis=1).min(), 0.0, atol=1e-5)
