@@ -40,7 +40,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from sam4d_core.modeling.prompts import ObjectPrompts
-from sam4d_core.tracking.reprompt import CameraGeometry, transform_points
+from sam4d_core.tracking.reprompt import CameraGeometry, project_points, transform_points
 
 
 @dataclass(frozen=True)
@@ -165,11 +165,9 @@ def _components(xyz: np.ndarray, radius: float) -> np.ndarray:
 
 
 def _project(xyz: np.ndarray, camera: CameraGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """(M, 2) pixels of (M, 3) LiDAR-frame points and (M,) whether each is seen by the camera."""
-    pc = transform_points(camera.cam_from_lidar, xyz)
-    front = pc[:, 2] > 0.1
-    uvw = pc @ np.asarray(camera.intrinsics, np.float64).T
-    uv = uvw[:, :2] / np.where(front, uvw[:, 2], 1.0)[:, None]
+    """(M, 2) pixels of (M, 3) LiDAR-frame points and (M,) whether each is seen by the camera
+    (in front of it, on a pixel of the image once rounded)."""
+    uv, front = project_points(xyz, camera)
     h, w = camera.size
     seen = front & (uv[:, 0] >= -0.5) & (uv[:, 0] < w - 0.5) & (uv[:, 1] >= -0.5)
     return uv, seen & (uv[:, 1] < h - 0.5)

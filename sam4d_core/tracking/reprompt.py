@@ -210,6 +210,17 @@ def camera_geometry(frame: Frame, slots: Mapping[str, int]) -> list[CameraGeomet
     ]
 
 
+def project_points(
+    points_lidar: np.ndarray, camera: CameraGeometry, min_depth: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, 2) pixels (u, v) of (M, 3) LiDAR-frame points in ``camera`` and (M,) bool: in front of
+    it (depth > ``min_depth``); the pixels of the others are meaningless."""
+    pc = transform_points(camera.cam_from_lidar, np.asarray(points_lidar, np.float64))
+    front = pc[:, 2] > min_depth
+    uvw = pc @ np.asarray(camera.intrinsics, np.float64).T
+    return uvw[:, :2] / np.where(front, uvw[:, 2], 1.0)[:, None], front
+
+
 def project_box(
     points_lidar: np.ndarray, camera: CameraGeometry, min_points: int, min_depth: float = 0.1
 ) -> np.ndarray | None:
@@ -218,12 +229,10 @@ def project_box(
     ``min_points`` do."""
     if len(points_lidar) == 0:
         return None
-    pc = transform_points(camera.cam_from_lidar, points_lidar)
-    front = pc[:, 2] > min_depth
+    uv, front = project_points(points_lidar, camera, min_depth)
     if int(front.sum()) < min_points:
         return None
-    uvw = pc[front] @ np.asarray(camera.intrinsics, np.float64).T
-    uv = uvw[:, :2] / uvw[:, 2:3]
+    uv = uv[front]
     h, w = camera.size
     inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
     if int(inside.sum()) < min_points:
@@ -254,11 +263,7 @@ def _agreeing(
         m = masks.get(cam.slot)
         if m is None or len(points) == 0:
             continue
-        pc = transform_points(cam.cam_from_lidar, points)
-        front = pc[:, 2] > 0.1
-        uvw = pc @ np.asarray(cam.intrinsics, np.float64).T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = uvw[:, :2] / uvw[:, 2:3]
+        uv, front = project_points(points, cam)
         h, w = cam.size
         ok = front & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
         mh, mw = m.shape
@@ -715,6 +720,7 @@ __all__ = [
     "Reprompter",
     "derive_prompts",
     "project_box",
+    "project_points",
     "rigid_inverse",
     "support_radius",
     "to_object_prompts",

@@ -768,8 +768,11 @@ class StreamingTracker:
             rep.miss(oid, bf.index, lost=True)
         if not jobs:
             return
-        pl = point_logits(bf.features, outs)
-        masks = None if pl is None else (pl > self.config.mask_logit_threshold).cpu().numpy()
+        refined = refined or {}
+        masks = None
+        if any(j.state.obj_id not in refined for j in jobs):  # else every mask is refined
+            pl = point_logits(bf.features, outs)
+            masks = None if pl is None else (pl > self.config.mask_logit_threshold).cpu().numpy()
         thr = self.config.mask_logit_threshold
         for i, (job, o) in enumerate(zip(jobs, outs, strict=True)):
             presence = 0.0 if o.absent else float(torch.sigmoid(o.object_score.float()))
@@ -778,9 +781,9 @@ class StreamingTracker:
             if o.image_logits is not None and not o.absent:
                 low = (o.image_logits > thr).cpu().numpy()
                 cams = {cam: low[row] for row, cam in enumerate(o.camera_ids)}
-            mask = None if masks is None else masks[i]
-            if refined and job.state.obj_id in refined:
-                mask = refined[job.state.obj_id]
+            mask = refined.get(job.state.obj_id)
+            if mask is None and masks is not None:
+                mask = masks[i]
             rep.observe(job.state.obj_id, sensors, mask, presence, cams)
         timings["reprompt"] = timings.get("reprompt", 0.0) + (self.model.clock.now() - t0) * 1e3
 
