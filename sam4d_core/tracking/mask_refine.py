@@ -276,19 +276,6 @@ def refine_point_mask(
     return out
 
 
-def refine_point_masks(
-    xyz: np.ndarray,
-    masks: np.ndarray,
-    anchors: Sequence[SegmentAnchor],
-    config: MaskRefineConfig,
-) -> np.ndarray:
-    """(B, N) bool: :func:`refine_point_mask` of each of B objects' masks."""
-    out = np.zeros_like(masks, dtype=bool)
-    for i, (m, a) in enumerate(zip(masks, anchors, strict=True)):
-        out[i] = refine_point_mask(xyz, m, a, config)
-    return out
-
-
 @dataclass
 class PixelPoints:
     """Which sweep point each pixel of one camera sees (:func:`pixel_points`).
@@ -467,19 +454,11 @@ def lifted_clicks(
     return np.array(found, np.float64).reshape(-1, 3)
 
 
-def anchors_by_object(
-    prompts: Mapping[int, ObjectPrompts | None], cameras: Sequence[CameraGeometry]
-) -> dict[int, SegmentAnchor]:
-    """Object id -> :func:`anchor_from_prompts` of its prompts on a frame."""
-    return {oid: anchor_from_prompts(p, cameras) for oid, p in prompts.items()}
-
-
 __all__ = [
     "MaskRefineConfig",
     "PixelPoints",
     "SegmentAnchor",
     "anchor_from_prompts",
-    "anchors_by_object",
     "complete_segment",
     "ground_points",
     "guide_camera_masks",
@@ -488,6 +467,5 @@ __all__ = [
     "lifted_clicks",
     "pixel_points",
     "refine_point_mask",
-    "refine_point_masks",
     "select_segment",
 ]
