@@ -17,14 +17,17 @@ from sam4d_core.tracking.mask_refine import (
     PixelPoints,
     SegmentAnchor,
     anchor_from_prompts,
+    box_lifted_row,
     grabcut_image_mask,
     ground_points,
     guide_camera_masks,
     guided_image_mask,
     lifted_clicks,
     pixel_points,
+    prompt_constrained_mask,
     refine_point_mask,
     select_segment,
+    supported_image_mask,
 )
 from sam4d_core.tracking.records import ImagePrompt, ObjectPrompt
 from sam4d_core.tracking.records import LidarPrompt as RecordLidarPrompt
@@ -149,7 +152,62 @@ def test_camera_masks_follow_the_segment_where_the_lidar_sees() -> None:
     got = guide_camera_masks(
         {"front": mask, "rear": mask}, car, xyz, {"front": cam}, MaskRefineConfig(), cache
     )
-    assert np.array_equal(got["front"], out) and got["rear"] is mask and set(cache) == {"front"}
+    assert got["rear"] is mask and set(cache) == {"front"}
+    # ... and only the parts of the mask holding one of the car's points: the sky patch goes.
+    assert np.array_equal(got["front"], supported_image_mask(out, car, pix))
+    assert not got["front"][5:25, 5:25].any() and not (got["front"] & ~out).any()
+    kept_on_car = [got["front"][v, u] for (v, u), obj in labels_at.items() if obj == 1]
+    assert np.mean(kept_on_car) >= np.mean([out[v, u] for (v, u), o in labels_at.items() if o == 1])
+    kept = guide_camera_masks(
+        {"front": mask}, car, xyz, {"front": cam}, MaskRefineConfig(image_support=False), {}
+    )
+    assert np.array_equal(kept["front"], out)
+
+
+def test_only_the_parts_of_a_camera_mask_under_the_objects_points_are_kept() -> None:
+    h, w = 60, 80
+    hit = np.full((h, w), -1, np.int64)
+    hit[30, 10], hit[30, 60] = 0, 1  # point 0 (the object) under blob A, point 1 beside blob C
+    pix = PixelPoints(np.full((h, w), -1, np.int64), np.ones(2, bool), hit)
+    mask = np.zeros((h, w), bool)
+    mask[25:36, 5:16] = True  # A: holds the object's point
+    mask[5:12, 30:40] = True  # B: no point under it (a window, the sky)
+    mask[25:36, 50:59] = True  # C: ends two pixels before the other object's point
+    segment = np.array([True, False])
+    out = supported_image_mask(mask, segment, pix)
+    assert out[25:36, 5:16].all() and not out[5:12, 30:40].any() and not out[25:36, 50:59].any()
+    # Diagonal neighbours are one part (8-connected); a point one pixel off the mask still holds.
+    mask2 = mask.copy()
+    mask2[12, 40] = mask2[13, 41] = True
+    hit2 = np.full((h, w), -1, np.int64)
+    hit2[14, 42] = 0
+    out2 = supported_image_mask(mask2, segment, PixelPoints(pix.index, pix.seen, hit2))
+    assert out2[5:12, 30:40].all() and out2[13, 41] and not out2[25:36, 5:16].any()
+    # No part holds one of the object's points: the mask as it is.
+    assert supported_image_mask(mask, np.array([False, True]), pix) is mask
+
+
+def test_a_prompted_camera_mask_is_held_to_the_users_box_and_clicks() -> None:
+    h, w = 60, 80
+    mask = np.zeros((h, w), bool)
+    mask[10:40, 10:30] = True  # the clicked object, spilling below the box
+    mask[10:20, 50:70] = True  # another blob
+    boxed = prompt_constrained_mask(mask, CameraPrompt(box=np.array([8.0, 8, 40, 30])), 2)
+    assert boxed[10:33, 10:30].all() and not boxed[33:].any() and boxed[10:20, 50:70].sum() == 0
+    clicked = prompt_constrained_mask(
+        mask, CameraPrompt(points=np.array([[20.0, 15], [60, 15]]), labels=np.array([1, 0]))
+    )
+    assert clicked[10:40, 10:30].all() and not clicked[:, 45:].any()
+    both = prompt_constrained_mask(
+        mask,
+        CameraPrompt(
+            points=np.array([[60.0, 15]]), labels=np.array([1]), box=np.array([45.0, 5, 75, 25])
+        ),
+    )
+    assert both[10:20, 50:70].all() and both.sum() == 200
+    # A click on no part of the mask: nothing dropped for it.
+    off = CameraPrompt(points=np.array([[40.0, 50]]), labels=np.array([1]))
+    assert np.array_equal(prompt_constrained_mask(mask, off), mask)
 
 
 def test_grabcut_moves_a_blocky_mask_onto_the_image_edges() -> None:
@@ -352,3 +410,63 @@ def test_the_tracker_lifts_an_image_click_to_a_lidar_click(model, seq) -> None:
         uv, seen = pr._project(np.asarray(lidar.points, np.float64), geo)
         assert seen.all() and np.linalg.norm(uv[0] - [u, v]) <= 4.0 + 1e-6
         assert np.isclose(np.linalg.norm(xyz - lidar.points[0], axis=1).min(), 0.0, atol=1e-5)
+
+
+def test_the_tracker_holds_the_prompted_camera_mask_to_the_users_box(model, seq) -> None:
+    """On the frame a box is drawn, the prompted camera's mask stays inside it (the decoder's
+    reaches past it); the next sweep, prompted by nobody, is not clipped to it."""
+    f0 = seq[0]
+    name = next(iter(f0.cameras))
+    inst = f0.cameras[name].instance_mask
+    ids, counts = np.unique(inst[inst > 0], return_counts=True)
+    ys, xs = np.nonzero(inst == ids[np.argmax(counts)])
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64)
+    prompt = ObjectPrompt(1, image=[ImagePrompt(name, box=box)])
+    cfg = MaskRefineConfig()
+    masks = {}
+    for refine in (False, True):
+        tr = StreamingTracker(model, TrackerConfig(refine_masks=refine, mask_refine_config=cfg))
+        tr.step(f0)
+        masks[refine] = tr.add_prompts([prompt]).objects[0].image_masks[name]
+    x0, y0, x1, y1 = box.astype(int)
+    m = cfg.prompt_box_margin_px
+    inside = np.zeros_like(masks[True])
+    inside[max(y0 - m, 0) : y1 + m + 1, max(x0 - m, 0) : x1 + m + 1] = True
+    if not (masks[False] & ~inside).any():
+        pytest.fail("the decoder's mask stays in the box: the test checks nothing")
+    assert masks[True].any() and not (masks[True] & ~inside).any()
+
+
+def test_a_box_is_lifted_to_the_object_it_frames_not_what_its_centre_sees() -> None:
+    """A gate (two posts and a beam) at 10 m before a wall at 14 m: through the gate the box's
+    centre sees the wall; the lifted click is on the gate."""
+    rng = np.random.default_rng(0)
+
+    def plane(n, x, y, z):
+        return np.c_[rng.uniform(*x, n), rng.uniform(*y, n), rng.uniform(*z, n)]
+
+    gate = np.concatenate(
+        [
+            plane(300, (9.95, 10.05), (-1.1, -0.9), (0.0, 2.5)),
+            plane(300, (9.95, 10.05), (0.9, 1.1), (0.0, 2.5)),
+            plane(300, (9.95, 10.05), (-1.1, 1.1), (2.4, 2.6)),
+        ]
+    )
+    wall = plane(6000, (14.0, 14.05), (-6, 6), (0.0, 4.0))
+    ground = plane(4000, (2, 20), (-8, 8), (-0.02, 0.02))
+    xyz = np.concatenate([gate, wall, ground])
+    on_gate = np.r_[np.ones(len(gate), bool), np.zeros(len(wall) + len(ground), bool)]
+    cam = _front_camera()
+    uv, seen = pr._project(xyz, cam)
+    q = uv[on_gate & seen]
+    box = np.array([q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()])
+    pix = pixel_points(xyz, cam, 4.0)
+    centre = pix.index[int(round((box[1] + box[3]) / 2)), int(round((box[0] + box[2]) / 2))]
+    assert centre >= 0 and not on_gate[centre]  # the centre sees the wall
+    row = box_lifted_row(xyz, cam, box, pix, MaskRefineConfig())
+    assert row is not None and on_gate[row]
+    prompts = ObjectPrompts(cameras={0: CameraPrompt(box=box)})
+    (lifted,) = lifted_clicks(prompts, xyz, [cam])
+    assert np.allclose(lifted, xyz[row])
+    # A box where no point is seen: nothing to lift.
+    assert box_lifted_row(xyz, cam, np.array([0.0, 0, 5, 5]), pix, MaskRefineConfig()) is None

@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lift-image-clicks",
         choices=("on", "off"),
         default="on",
-        help="add a 3D click under image clicks and box centres, as the node does by default "
+        help="add a 3D click under image clicks and on the cluster an image box frames, as the "
+        "node does by default "
         "(off: the prompt as given, the SAM4D protocol)",
     )
     r = p.add_argument_group("run and output")

@@ -21,7 +21,13 @@ projected point; of points projecting on one pixel, the nearest in depth), the o
 elsewhere (beyond the sweep's rings, the sky, gaps) the decoder's mask stays. Then one GrabCut
 iteration on the camera image around the object (:func:`grabcut_image_mask`), seeded by the
 pixels where points project (the segment's: object; the others': background) and started from
-that mask, moves the boundary onto the image's edges between the LiDAR's rings.
+that mask, moves the boundary onto the image's edges between the LiDAR's rings. Of the result
+only the parts holding one of the segment's points are kept (:func:`supported_image_mask`), and on
+the frame a user prompts, the prompted camera's mask stays in the user's box and keeps the parts
+holding a positive click (:func:`prompt_constrained_mask`).
+
+Image prompts can also be lifted to 3D clicks (:func:`lifted_clicks`): the point seen under a
+click, or of a box the point cluster it frames (:func:`box_lifted_row`).
 
 Masks only change here: the model's logits, memory and presence are what they were. Nothing is
 learned; every setting is in :class:`MaskRefineConfig`.
@@ -39,7 +45,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from sam4d_core.modeling.prompts import ObjectPrompts
+from sam4d_core.modeling.prompts import CameraPrompt, ObjectPrompts
 from sam4d_core.tracking.reprompt import CameraGeometry, project_points, transform_points
 
 
@@ -63,6 +69,12 @@ class MaskRefineConfig:
         image_radius_px: a pixel this close (camera pixels) to a projected point takes its label.
         image_min_points: a camera mask is guided only when at least this many of the
             segment's points are seen by that camera.
+        image_support: keep only the parts of a guided camera mask (8-connected) that hold a
+            pixel where one of the segment's points projects: the decoder's blobs where the
+            LiDAR sees none of the object (windows, sky, the next building) are dropped.
+        prompt_box_margin_px: on the frame a user prompts, the prompted camera's mask is
+            clipped to the user's box plus this margin, and keeps its parts holding a positive
+            click (:func:`prompt_constrained_mask`).
         grabcut: refine a guided camera mask with GrabCut on the image (needs the image).
         grabcut_iterations: GrabCut iterations (1 does as well as 5 on the held-out set).
         grabcut_margin_px: the GrabCut region: the mask's and the segment's bounds plus this.
@@ -82,6 +94,8 @@ class MaskRefineConfig:
     images: bool = True
     image_radius_px: float = 6.0
     image_min_points: int = 5
+    image_support: bool = True
+    prompt_box_margin_px: int = 2
     grabcut: bool = True
     grabcut_iterations: int = 1
     grabcut_margin_px: int = 15
@@ -96,8 +110,8 @@ class MaskRefineConfig:
         counts = ("max_points", "image_min_points", "grabcut_iterations", "grabcut_max_side")
         if not 0.0 < self.min_overlap <= 1.0 or any(getattr(self, n) < 1 for n in counts):
             raise ValueError(f"MaskRefineConfig: min_overlap in (0, 1], {', '.join(counts)} >= 1")
-        if self.grabcut_margin_px < 0:
-            raise ValueError("MaskRefineConfig: grabcut_margin_px >= 0")
+        if self.grabcut_margin_px < 0 or self.prompt_box_margin_px < 0:
+            raise ValueError("MaskRefineConfig: grabcut_margin_px, prompt_box_margin_px >= 0")
 
 
 @dataclass
@@ -384,6 +398,54 @@ def grabcut_image_mask(
     return out
 
 
+def _components_holding(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the 8-connected parts of ``mask`` holding a pixel of ``seeds``; the mask as
+    it is when none does."""
+    n, label = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    keep = np.unique(label[seeds & mask])
+    keep = keep[keep > 0]
+    return np.isin(label, keep) if len(keep) else mask
+
+
+def supported_image_mask(mask: np.ndarray, segment: np.ndarray, pixels: PixelPoints) -> np.ndarray:
+    """(H, W) bool: the parts of a camera mask (8-connected) holding a pixel where a point of
+    ``segment`` ((N,) bool) projects, one pixel of slack; the mask as it is when no part does.
+    A part with none of the object's points under it, where the LiDAR sees the object, is the
+    decoder's spill onto something else (its stride-4 masks bleed across windows and sky)."""
+    hit = (pixels.hit >= 0) & segment[np.maximum(pixels.hit, 0)]
+    seeds = cv2.dilate(hit.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    return _components_holding(mask, seeds)
+
+
+def prompt_constrained_mask(
+    mask: np.ndarray, prompt: CameraPrompt, box_margin_px: int = 2
+) -> np.ndarray:
+    """(H, W) bool: one camera's mask on the frame the user prompted it, held to what the user
+    said: inside the box (``prompt.box`` [x0, y0, x1, y1] pixels, plus ``box_margin_px``) and,
+    with positive clicks, the parts (8-connected) holding one of them (the mask as it is when
+    none does: a click on the mask's edge is no reason to drop it)."""
+    h, w = mask.shape
+    out = mask
+    if prompt.box is not None:
+        x0, y0, x1, y1 = np.asarray(prompt.box, np.float64).reshape(4)
+        m = box_margin_px
+        inside = np.zeros_like(mask, dtype=bool)
+        inside[
+            max(int(np.floor(y0)) - m, 0) : max(int(np.ceil(y1)) + m + 1, 0),
+            max(int(np.floor(x0)) - m, 0) : max(int(np.ceil(x1)) + m + 1, 0),
+        ] = True
+        out = out & inside
+    if prompt.points is not None and out.any():
+        uv = np.asarray(prompt.points, np.float64).reshape(-1, 2)
+        pos = uv[np.asarray(prompt.labels).reshape(-1) > 0]
+        seeds = np.zeros_like(mask, dtype=bool)
+        for u, v in pos:
+            seeds[int(np.clip(round(v), 0, h - 1)), int(np.clip(round(u), 0, w - 1))] = True
+        if seeds.any():
+            out = _components_holding(out, seeds)
+    return out
+
+
 def guide_camera_masks(
     masks: Mapping[str, np.ndarray],
     segment: np.ndarray,
@@ -396,8 +458,8 @@ def guide_camera_masks(
     """Camera name -> (H, W) bool: one object's camera masks guided by its refined segment
     ((N,) bool over the sweep's (N, 3) ``xyz``), :func:`guided_image_mask` per camera with a
     calibration, then :func:`grabcut_image_mask` where ``images`` (camera name -> (H, W, 3)
-    uint8) has the camera's image; ``cache`` keeps each camera's :class:`PixelPoints` for the
-    frame's other objects."""
+    uint8) has the camera's image, then :func:`supported_image_mask`; ``cache`` keeps each
+    camera's :class:`PixelPoints` for the frame's other objects."""
     out = dict(masks)
     if not config.images or not segment.any():
         return out
@@ -414,8 +476,71 @@ def guide_camera_masks(
         image = None if images is None else images.get(name)
         if config.grabcut and image is not None:
             guided = grabcut_image_mask(image, guided, segment, pix, config)
+        if config.image_support:
+            guided = supported_image_mask(guided, segment, pix)
         out[name] = guided
     return out
+
+
+def box_lifted_row(
+    xyz: np.ndarray,
+    camera: CameraGeometry,
+    box: np.ndarray,
+    pixels: PixelPoints,
+    config: MaskRefineConfig,
+) -> int | None:
+    """Row of the (N, 3) sweep point a camera box ([x0, y0, x1, y1] pixels) frames, None when
+    no point is seen inside it.
+
+    The box's centre is often not on the object (a pole, a tree beside a wall, a car seen through
+    a gap); its frame is. Around the box (its size again on each side) the non-ground points are
+    clustered as the completion step does (linked within max(``link_min``, ``link_per_m`` x
+    range)); of the clusters seen inside the box the object is the one that lies in the box and
+    spans it: the largest (fraction of its projected points inside the box, 2 px of slack) x
+    (mean of the fractions of the box's width and height its projection spans). A box is tight,
+    so what reaches far past it is something else (a wall, the next building); the LiDAR covers
+    an object only in rings, so the spans are partial. Its point seen nearest the box's centre is
+    returned.
+    """
+    h, w = pixels.index.shape
+    x0, y0, x1, y1 = (float(v) for v in np.asarray(box, np.float64).reshape(4))
+    inside = pixels.hit[
+        max(int(np.floor(y0)), 0) : max(int(np.ceil(y1)) + 1, 0),
+        max(int(np.floor(x0)), 0) : max(int(np.ceil(x1)) + 1, 0),
+    ]
+    cand = np.unique(inside[inside >= 0])
+    if len(cand) == 0:
+        return None
+    uv, seen = _project(xyz, camera)
+    bw, bh = x1 - x0, y1 - y0
+    region = np.flatnonzero(
+        seen
+        & (uv[:, 0] >= x0 - bw)
+        & (uv[:, 0] <= x1 + bw)
+        & (uv[:, 1] >= y0 - bh)
+        & (uv[:, 1] <= y1 + bh)
+    )
+    above = region[~ground_points(xyz[region], config.ground_cell, config.ground_tolerance)]
+    cand = cand[np.isin(cand, above)]
+    if len(cand) == 0:
+        return None
+    rng = float(np.median(np.linalg.norm(xyz[cand], axis=1)))
+    lab = np.full(len(xyz), -1, np.int64)
+    lab[above] = _components(xyz[above], max(config.link_min, config.link_per_m * rng))
+    best, best_score = -1, -1.0
+    for c in np.unique(lab[cand]):
+        q = uv[above[lab[above] == c]]
+        inside = np.mean(
+            (q[:, 0] >= x0 - 2) & (q[:, 0] <= x1 + 2) & (q[:, 1] >= y0 - 2) & (q[:, 1] <= y1 + 2)
+        )
+        span_w = min(1.0, (min(q[:, 0].max(), x1) - max(q[:, 0].min(), x0)) / max(bw, 1.0))
+        span_h = min(1.0, (min(q[:, 1].max(), y1) - max(q[:, 1].min(), y0)) / max(bh, 1.0))
+        score = float(inside) * (max(span_w, 0.0) + max(span_h, 0.0)) / 2
+        if score > best_score:
+            best, best_score = int(c), score
+    rows = cand[lab[cand] == best]
+    centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    return int(rows[np.argmin(np.linalg.norm(uv[rows] - centre, axis=1))])
 
 
 def lifted_clicks(
@@ -423,12 +548,15 @@ def lifted_clicks(
     xyz: np.ndarray,
     cameras: Sequence[CameraGeometry],
     radius_px: float = 4.0,
+    config: MaskRefineConfig | None = None,
 ) -> np.ndarray:
     """(P, 3) the sweep points seen under an object's image prompts (model units: camera
-    pixels; ``xyz``: (N, 3) LiDAR frame): per positive click, or a box's centre in a camera
-    without one, the point projecting nearest it within ``radius_px`` (of points on one pixel,
-    the nearest in depth); those with none are skipped. What the user pointed at in the image,
-    as a 3D click for the LiDAR decoder."""
+    pixels; ``xyz``: (N, 3) LiDAR frame): per positive click the point projecting nearest it
+    within ``radius_px`` (of points on one pixel, the nearest in depth), and for a box in a
+    camera without one the point of the cluster the box frames (:func:`box_lifted_row`,
+    clustered with ``config``'s settings); clicks with none are skipped. What the user pointed
+    at in the image, as a 3D click for the LiDAR decoder."""
+    config = config or MaskRefineConfig()
     geometry = {c.slot: c for c in cameras}
     found: list[np.ndarray] = []
     xyz = np.asarray(xyz, np.float64)[:, :3]
@@ -440,12 +568,14 @@ def lifted_clicks(
         if cp.points is not None:
             uv = np.asarray(cp.points, np.float64).reshape(-1, 2)
             pos = uv[np.asarray(cp.labels).reshape(-1) > 0]
-        if not len(pos) and cp.box is not None:
-            b = np.asarray(cp.box, np.float64).reshape(4)
-            pos = np.array([[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]])
-        if not len(pos):
+        if not len(pos) and cp.box is None:
             continue
         pix = pixel_points(xyz, cam, radius_px)
+        if not len(pos):
+            row = box_lifted_row(xyz, cam, np.asarray(cp.box), pix, config)
+            if row is not None:
+                found.append(xyz[row])
+            continue
         h, w = cam.size
         for u, v in pos:
             row = pix.index[int(np.clip(round(v), 0, h - 1)), int(np.clip(round(u), 0, w - 1))]
@@ -459,6 +589,7 @@ __all__ = [
     "PixelPoints",
     "SegmentAnchor",
     "anchor_from_prompts",
+    "box_lifted_row",
     "complete_segment",
     "ground_points",
     "guide_camera_masks",
@@ -466,6 +597,8 @@ __all__ = [
     "guided_image_mask",
     "lifted_clicks",
     "pixel_points",
+    "prompt_constrained_mask",
     "refine_point_mask",
     "select_segment",
+    "supported_image_mask",
 ]

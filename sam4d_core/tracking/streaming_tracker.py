@@ -77,6 +77,7 @@ from sam4d_core.tracking.mask_refine import (
     anchor_from_prompts,
     guide_camera_masks,
     lifted_clicks,
+    prompt_constrained_mask,
     refine_point_mask,
 )
 from sam4d_core.tracking.records import (
@@ -584,7 +585,7 @@ class StreamingTracker:
         lid = bf.features.lidar
         if self.config.lift_image_clicks and out.lidar is None and lid is not None:
             xyz = lid.points_xyz.detach().float().cpu().numpy()
-            lifted = lifted_clicks(out, xyz, bf.cameras)
+            lifted = lifted_clicks(out, xyz, bf.cameras, config=self.config.mask_refine_config)
             if len(lifted):
                 labels = np.ones(len(lifted), np.int64)
                 out = merge_prompts(out, ObjectPrompts(lidar=LidarPrompt(lifted, labels)))
@@ -808,6 +809,25 @@ class StreamingTracker:
         if self._reprompter is not None:
             self._reprompter.forget(oid)
 
+    def _held_to_prompts(
+        self,
+        prompts: ObjectPrompts | None,
+        image_masks: dict[str, np.ndarray],
+        names: dict[int, str],
+    ) -> dict[str, np.ndarray]:
+        """The camera masks of an object on a frame the user prompted, each prompted camera's
+        held to its box and clicks
+        (:func:`~sam4d_core.tracking.mask_refine.prompt_constrained_mask`)."""
+        if prompts is None:
+            return image_masks
+        out = dict(image_masks)
+        margin = self.config.mask_refine_config.prompt_box_margin_px
+        for slot, cp in prompts.cameras.items():
+            name = names.get(slot)
+            if name in out and (cp.box is not None or cp.points is not None):
+                out[name] = prompt_constrained_mask(out[name], cp, margin)
+        return out
+
     def _results(
         self,
         bf: BufferedFrame,
@@ -861,6 +881,8 @@ class StreamingTracker:
                     pixels,
                     images,
                 )
+            if self.config.refine_masks and o.is_cond:
+                image_masks = self._held_to_prompts(st.inputs.get(bf.index), image_masks, names)
             # Lost: no support (not run), or a mask nowhere (no pixel in any camera and no
             # point) whatever the presence score says: an object without a mask is not tracked.
             is_lost = (lost is not None and st.obj_id in lost) or not (

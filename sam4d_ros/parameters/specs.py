@@ -204,9 +204,9 @@ def global_parameter_specs() -> list[ParamSpec]:
            "decoder's masks as they are (with tracker.reprompt false, the SAM4D protocol)."),
         _g("tracker.lift_image_clicks", True,
            "An object prompted in an image only also gets a 3D click on the LiDAR point seen "
-           "under each click or a box's centre (the nearest in depth within 4 px), so its LiDAR "
-           "mask is prompted where the user pointed. false = the prompt as given (the SAM4D "
-           "protocol)."),
+           "under each click (the nearest in depth within 4 px) or, for a box, on the point "
+           "cluster the box frames, so its LiDAR mask is prompted where the user pointed. "
+           "false = the prompt as given (the SAM4D protocol)."),
         # -------------------------------------------------------------- prompts
         _g("prompts.clicked_point_topic", "/clicked_point",
            "geometry_msgs/PointStamped topic of RViz's Publish Point tool (any TF frame); empty = "
