@@ -18,6 +18,7 @@ from sam4d_core.tracking.mask_refine import (
     SegmentAnchor,
     anchor_from_prompts,
     box_lifted_row,
+    gate_to_prediction,
     grabcut_image_mask,
     ground_points,
     guide_camera_masks,
@@ -470,3 +471,31 @@ def test_a_box_is_lifted_to_the_object_it_frames_not_what_its_centre_sees() -> N
     assert np.allclose(lifted, xyz[row])
     # A box where no point is seen: nothing to lift.
     assert box_lifted_row(xyz, cam, np.array([0.0, 0, 5, 5]), pix, MaskRefineConfig()) is None
+
+
+def test_a_tracked_mask_is_kept_near_the_prediction() -> None:
+    """A pole 2 m before a wall; on a tracked sweep the decoder's mask spreads onto the wall
+    (linked to the pole within the select radius). Gated by the predicted pole, the refinement
+    keeps the pole only; without the prediction the wall stays."""
+    rng = np.random.default_rng(0)
+    pole = np.c_[rng.normal(10.0, 0.05, 200), rng.normal(0.0, 0.05, 200), rng.uniform(0, 4, 200)]
+    wall = np.c_[rng.uniform(12.0, 12.05, 3000), rng.uniform(-5, 5, 3000), rng.uniform(0, 4, 3000)]
+    ground = np.c_[rng.uniform(2, 20, 4000), rng.uniform(-8, 8, 4000), rng.normal(0, 0.02, 4000)]
+    xyz = np.concatenate([pole, wall, ground])
+    is_pole = np.r_[np.ones(len(pole), bool), np.zeros(len(wall) + len(ground), bool)]
+    is_wall = np.r_[
+        np.zeros(len(pole), bool), np.ones(len(wall), bool), np.zeros(len(ground), bool)
+    ]
+    mask = is_pole | (is_wall & (np.abs(xyz[:, 1]) < 3))
+    click = pole[:1]
+    predicted = pole[::4] + [0.2, 0.1, 0.0]  # last sweep's segment, moved by the filter
+    cfg = MaskRefineConfig()
+    without = refine_point_mask(xyz, mask, SegmentAnchor(points=click), cfg)
+    assert (without & is_wall).any()
+    gated = refine_point_mask(xyz, mask, SegmentAnchor(points=click, predicted=predicted), cfg)
+    assert gated[is_pole].mean() > 0.95 and not (gated & is_wall).any()
+    # Off, or a prediction nothing of the mask is near: the mask as the decoder gave it.
+    off = MaskRefineConfig(predicted_gate=0.0)
+    anchored = SegmentAnchor(points=click, predicted=predicted)
+    assert np.array_equal(refine_point_mask(xyz, mask, anchored, off), without)
+    assert gate_to_prediction(xyz, mask, predicted + [50.0, 0, 0], 1.5) is mask

@@ -241,12 +241,14 @@ def test_a_lost_object_is_found_again_only_with_strong_support() -> None:
         FrameSensors(k, k * DT, _ego(k), transform_points(rigid_inverse(_ego(k)), w), [])
         for k, w in ((3, ground), (4, np.concatenate([ground, car[:5]])))
     ]
-    assert rep.plan(1, sensors[0]).lost
+    rp0 = rep.plan(1, sensors[0])
+    assert rp0.lost and rp0.fresh  # predicted from the previous frame's observation
     rep.miss(1, 3, lost=True)
     assert rep.motions[1].latest().lost == 1
     # 5 of its 8 points: supported for a tracked object, not for one lost on the previous frame.
     rp = rep.plan(1, sensors[1])
     assert rp.support == 5 < RepromptConfig().refind_support_points and rp.lost
+    assert not rp.fresh  # a coast through the lost frame
     assert not derive_prompts(rp.predicted, sensors[1].points, [], RepromptConfig()).lost
     rep.motions[1].discard_after(2)
     assert not rep.plan(1, sensors[1]).lost  # the lost frame rolled back

@@ -160,12 +160,15 @@ class ObjectJob:
         init: decode without memory (an object's first frame, or a re-prompted frame decoded
             from its prompts alone).
         is_cond: store the result as a conditioning frame (prompted frames).
+        predicted: (M, 3) the motion model's predicted segment on this frame (LiDAR frame, m)
+            for the mask refinement, or None.
     """
 
     state: ObjectState
     prompts: ObjectPrompts | None = None
     init: bool = False
     is_cond: bool = False
+    predicted: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ The decoder's LiDAR mask of one clicked object often carries pieces of other obj
 0.8 m, and far objects have few points). Two geometric steps fix most of it, the way SAM's and
 SAM 2's post-processing drop sprinkles and fill holes in 2D, with the LiDAR's metric 3D:
 
-1. **select**: the mask's points are grouped into segments (points closer than
-   ``segment_radius`` are linked) and the segment of the object's *anchor* is kept: the one
+1. **select**: on a tracked sweep the mask's points far from the motion model's predicted
+   segment are dropped first (:func:`gate_to_prediction`); the mask's points are grouped into
+   segments (points closer than ``segment_radius`` are linked) and the segment of the object's
+   *anchor* is kept: the one
    nearest the prompt (a LiDAR click, a bird's-eye box's centre, the point seen nearest an image
    click, the tracker's predicted segment), the largest one without a prompt.
 2. **complete**: around that segment the sweep is split into clusters of non-ground points
@@ -54,6 +56,10 @@ class MaskRefineConfig:
     """Settings of the mask refinement.
 
     Attributes:
+        predicted_gate: on a tracked sweep, mask points farther than this (m) from the motion
+            model's predicted segment are dropped before the select step (a pole's mask
+            spreading onto the wall behind it); 0 = off. Only with a prediction made from the
+            previous sweep's observation.
         segment_radius: mask points closer than this (m) belong to one segment (select step).
         complete: run the completion step (else only the anchor's segment is kept).
         link_min: the completion's linking distance near the sensor (m).
@@ -82,6 +88,7 @@ class MaskRefineConfig:
             the cost on large cameras and near objects).
     """
 
+    predicted_gate: float = 1.5
     segment_radius: float = 4.0
     complete: bool = True
     link_min: float = 0.5
@@ -104,7 +111,9 @@ class MaskRefineConfig:
     def __post_init__(self) -> None:
         positive = ("segment_radius", "link_min", "ground_cell", "margin", "image_radius_px")
         bad = [n for n in positive if not getattr(self, n) > 0]
-        bad += [n for n in ("link_per_m", "ground_tolerance") if getattr(self, n) < 0]
+        bad += [
+            n for n in ("link_per_m", "ground_tolerance", "predicted_gate") if getattr(self, n) < 0
+        ]
         if bad:
             raise ValueError(f"MaskRefineConfig: {', '.join(bad)} out of range")
         counts = ("max_points", "image_min_points", "grabcut_iterations", "grabcut_max_side")
@@ -123,12 +132,15 @@ class SegmentAnchor:
         bev: (2,) x, y of a bird's-eye box's centre (m).
         pixels: (P, 2) positive clicks or a box centre (u, v) in ``camera``'s pixels.
         camera: the camera of ``pixels``.
+        predicted: (M, 3) on a tracked sweep, the motion model's predicted segment (LiDAR
+            frame, m): mask points farther than ``predicted_gate`` from it are dropped first.
     """
 
     points: np.ndarray | None = None
     bev: np.ndarray | None = None
     pixels: np.ndarray | None = None
     camera: CameraGeometry | None = None
+    predicted: np.ndarray | None = None
 
 
 def anchor_from_prompts(
@@ -275,6 +287,26 @@ def complete_segment(xyz: np.ndarray, segment: np.ndarray, config: MaskRefineCon
     return out
 
 
+def gate_to_prediction(
+    xyz: np.ndarray, mask: np.ndarray, predicted: np.ndarray, gate: float
+) -> np.ndarray:
+    """(N,) bool: the points of ``mask`` ((N,) bool over (N, 3) ``xyz``) within ``gate`` m of
+    the predicted segment ((M, 3), same frame); the mask as it is when none is (the object moved
+    otherwise than predicted: select and complete decide alone)."""
+    rows = np.flatnonzero(mask)
+    if len(rows) == 0 or len(predicted) == 0:
+        return mask
+    d, _ = cKDTree(np.asarray(predicted, np.float64)[:, :3]).query(
+        xyz[rows], distance_upper_bound=gate
+    )
+    near = np.isfinite(d)
+    if not near.any():
+        return mask
+    out = np.zeros_like(mask)
+    out[rows[near]] = True
+    return out
+
+
 def refine_point_mask(
     xyz: np.ndarray, mask: np.ndarray, anchor: SegmentAnchor, config: MaskRefineConfig
 ) -> np.ndarray:
@@ -284,6 +316,8 @@ def refine_point_mask(
     mask = np.asarray(mask, bool)
     if not mask.any():
         return mask
+    if config.predicted_gate > 0 and anchor.predicted is not None and len(anchor.predicted):
+        mask = gate_to_prediction(xyz, mask, anchor.predicted, config.predicted_gate)
     out = select_segment(xyz, mask, anchor, config.segment_radius)
     if config.complete:
         out = complete_segment(xyz, out, config)
@@ -591,6 +625,7 @@ __all__ = [
     "anchor_from_prompts",
     "box_lifted_row",
     "complete_segment",
+    "gate_to_prediction",
     "ground_points",
     "guide_camera_masks",
     "grabcut_image_mask",

@@ -357,6 +357,8 @@ class Reprompt:
         lost: no support (module docstring): nothing to prompt with.
         shift: (3,) how far the sweep moved the prediction (m, LiDAR frame; the velocity's
             uncertainty searched).
+        fresh: the prediction extrapolates an observation of the previous frame (not a coast
+            through missed or lost frames).
     """
 
     predicted: np.ndarray
@@ -367,6 +369,7 @@ class Reprompt:
     has_lidar: bool
     lost: bool
     shift: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    fresh: bool = False
 
     @property
     def is_empty(self) -> bool:
@@ -641,6 +644,7 @@ class Reprompter:
         rp = derive_prompts(
             p[0], sensors.points, sensors.cameras, self.config, search=p[1], refind=refind
         )
+        rp.fresh = prev is not None and prev.lost == 0 and prev.misses == 0
         # What the sweep made of the prediction gates this frame's observation.
         self._planned[object_id] = (sensors.index, rp.predicted)
         return rp

@@ -713,7 +713,14 @@ class StreamingTracker:
             return ObjectJob(st)
         # Not a conditioning frame: the derived prompts only steer this frame's decoding (its
         # memory is written as a tracked frame's).
-        return ObjectJob(st, to_object_prompts(rp), init=not self._reprompter.config.memory)
+        # The refinement keeps the mask near a prediction made from the previous sweep's
+        # observation (after a miss the object is searched anew).
+        return ObjectJob(
+            st,
+            to_object_prompts(rp),
+            init=not self._reprompter.config.memory,
+            predicted=rp.predicted if rp.fresh else None,
+        )
 
     def _refine(
         self,
@@ -741,6 +748,8 @@ class StreamingTracker:
             st = job.state
             prompts = job.prompts if job.prompts is not None else st.inputs.get(bf.index)
             anchor = anchor_from_prompts(prompts, bf.cameras)
+            if job.predicted is not None:
+                anchor = dataclasses.replace(anchor, predicted=job.predicted)
             out[st.obj_id] = refine_point_mask(
                 xyz, masks[i], anchor, self.config.mask_refine_config
             )
