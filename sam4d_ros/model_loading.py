@@ -45,6 +45,7 @@ def tracker_config(params: NodeParameters, model: Any) -> Any:
         reprompt_config=RepromptConfig(memory=params.reprompt_with_memory),
         refine_masks=params.refine_masks,
         lift_image_clicks=params.lift_image_clicks,
+        zoom=params.zoom,
         runtime=params.runtime,
         onnx_dir=params.onnx_dir or None,
         runtime_threads=params.num_threads,

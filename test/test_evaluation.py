@@ -307,6 +307,8 @@ def test_bundled_report_regenerates(bundled_report, tmp_path) -> None:
         "on" if st.get("refine_masks") else "off",
         "--lift-image-clicks",
         "on" if st.get("lift_image_clicks") else "off",
+        "--zoom",
+        "on" if st.get("zoom") else "off",
         "--json",
         str(tmp_path / "r.json"),
         "--quiet",

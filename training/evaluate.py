@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         "node does by default "
         "(off: the prompt as given, the SAM4D protocol)",
     )
+    e.add_argument(
+        "--zoom",
+        choices=("on", "off"),
+        default="on",
+        help="decode a prompted camera's mask again on a window around the prompt, as the node "
+        "does by default (off: one decode, the SAM4D protocol)",
+    )
     r = p.add_argument_group("run and output")
     r.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     r.add_argument("--device", default="cpu")
@@ -231,6 +238,7 @@ def canonical_command(args: argparse.Namespace, checkpoint: Path) -> str:
     parts += ["--tracker-modes", args.tracker_modes]
     parts += ["--refine-masks", args.refine_masks]
     parts += ["--lift-image-clicks", args.lift_image_clicks]
+    parts += ["--zoom", args.zoom]
     parts += ["--threads", str(args.threads), "--device", args.device]
     if args.json:
         parts += ["--json", _display_path(args.json)]
@@ -315,6 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tracker_modes=_split(args.tracker_modes),
         refine_masks=args.refine_masks == "on",
         lift_image_clicks=args.lift_image_clicks == "on",
+        zoom=args.zoom == "on",
     )
     sources: list[Source] = []
     if args.synthetic_seeds:

@@ -360,6 +360,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "given)."
             if st.get("lift_image_clicks")
             else ""
+        )
+        + (
+            " On the prompted frame the prompted camera's mask is decoded again on a window "
+            "around the prompt, zoomed up to 2x (`zoom`, the node's default; `--zoom off`: one "
+            "decode)."
+            if st.get("zoom")
+            else ""
         ),
         "",
     ]

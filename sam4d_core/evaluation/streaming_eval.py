@@ -113,6 +113,8 @@ class EvalConfig:
             (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.refine_masks`).
         lift_image_clicks: the tracker adds a 3D click under image clicks
             (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.lift_image_clicks`).
+        zoom: the tracker decodes prompted cameras again on a window around the prompt
+            (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.zoom`).
     """
 
     prompt_types: tuple[str, ...] = PROMPT_TYPES
@@ -126,6 +128,7 @@ class EvalConfig:
     tracker_modes: tuple[str, ...] = ("memory",)
     refine_masks: bool = False
     lift_image_clicks: bool = False
+    zoom: bool = False
 
     def __post_init__(self) -> None:
         self.prompt_types = tuple(self.prompt_types)
@@ -505,6 +508,7 @@ def evaluate_sequence(
                 reprompt=mode == "reprompt",
                 refine_masks=config.refine_masks,
                 lift_image_clicks=config.lift_image_clicks,
+                zoom=config.zoom,
             ),
         )
         for combo in plans

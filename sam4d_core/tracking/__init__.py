@@ -5,6 +5,7 @@ Modules (import them directly; this package imports nothing so that ``records`` 
 ``TrackerConfig``), :mod:`.offline_predictor` (the official ``SAM4DPredictor`` API on whole
 sequences), :mod:`.engine` (the per-object step logic both share), :mod:`.reprompt`
 (motion-compensated re-prompting), :mod:`.mask_refine` (masks refined with the sweep's geometry,
-image clicks lifted to 3D), :mod:`.benchmark` and
+image clicks lifted to 3D), :mod:`.zoom` (a prompted camera's mask decoded again on a window
+around the prompt), :mod:`.benchmark` and
 :mod:`.soak` (commands: latency per stage, memory over 1,000 steps).
 """

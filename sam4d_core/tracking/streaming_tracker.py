@@ -45,7 +45,7 @@ import dataclasses
 import logging
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +93,13 @@ from sam4d_core.tracking.reprompt import (
     Reprompter,
     camera_geometry,
     to_object_prompts,
+)
+from sam4d_core.tracking.zoom import (
+    ZoomConfig,
+    prompt_extent,
+    prompt_in_window,
+    zoom_window,
+    zoomed_camera_logits,
 )
 
 logger = logging.getLogger(__name__)
@@ -149,6 +156,12 @@ class TrackerConfig:
             (:func:`~sam4d_core.tracking.mask_refine.lifted_clicks`), so the LiDAR decoder is
             prompted where the user clicked rather than through the image alone. False: the
             prompt as given (the SAM4D protocol).
+        zoom: on the frame a user prompts in a camera, decode the object's mask there again on
+            a window around the prompt, zoomed to the model input
+            (:mod:`~sam4d_core.tracking.zoom`): small objects span more of the decoder's stride-4
+            cells. One image encoder pass per prompted camera. False: one decode (the SAM4D
+            protocol).
+        zoom_config: settings of the zoomed decoding.
         runtime: where the model's dense stages run: "torch" (PyTorch eager), "onnxruntime" or
             "tensorrt" (:mod:`sam4d_core.runtime`); the rest of the step is the same.
         onnx_dir: the ONNX export of this model (``python -m sam4d_export onnx``), for
@@ -174,6 +187,8 @@ class TrackerConfig:
     refine_masks: bool = False
     mask_refine_config: MaskRefineConfig = field(default_factory=MaskRefineConfig)
     lift_image_clicks: bool = False
+    zoom: bool = False
+    zoom_config: ZoomConfig = field(default_factory=ZoomConfig)
     runtime: str = "torch"
     onnx_dir: str | None = None
     runtime_threads: int = 0
@@ -837,6 +852,63 @@ class StreamingTracker:
                 out[name] = prompt_constrained_mask(out[name], cp, margin)
         return out
 
+    def _zoomed(
+        self,
+        bf: BufferedFrame,
+        prompts: ObjectPrompts | None,
+        image_masks: dict[str, np.ndarray],
+        geometry: Mapping[str, CameraGeometry],
+        images: Mapping[str, np.ndarray],
+        names: dict[int, str],
+        segment: np.ndarray | None,
+        xyz: np.ndarray | None,
+    ) -> dict[str, np.ndarray]:
+        """The camera masks of an object on a frame the user prompted, each prompted camera's
+        decoded again on a window around the prompt (:mod:`~sam4d_core.tracking.zoom`), the
+        window's mask refined like a camera's (at the window's zoom, where its refined
+        ``segment`` over the sweep's ``xyz`` is known) and pasted into the camera's."""
+        if prompts is None:
+            return image_masks
+        out = dict(image_masks)
+        thr = self.config.mask_logit_threshold
+        for slot, cp in prompts.cameras.items():
+            name = names.get(slot)
+            cam, image = geometry.get(name or ""), images.get(name or "")
+            if name not in out or cam is None or image is None:
+                continue
+            extent = prompt_extent(cp, out[name])
+            window = None
+            if extent is not None:
+                window = zoom_window(extent, cam.size, self.config.zoom_config)
+            if window is None:
+                continue
+            view = window.view(image, cam.size)
+            view_cam = dataclasses.replace(
+                cam, intrinsics=window.intrinsics(cam.intrinsics, cam.size)
+            )
+            logits = zoomed_camera_logits(
+                self.model,
+                bf.features,
+                view,
+                view_cam.intrinsics,
+                cam.cam_from_lidar,
+                prompt_in_window(cp, window, cam.size),
+                prompts,
+            )
+            mask = (logits > thr).cpu().numpy()
+            if segment is not None and xyz is not None:
+                mask = guide_camera_masks(
+                    {name: mask},
+                    segment,
+                    xyz,
+                    {name: view_cam},
+                    self.config.mask_refine_config,
+                    {},
+                    {name: view},
+                )[name]
+            out[name] = window.paste(out[name], mask)
+        return out
+
     def _results(
         self,
         bf: BufferedFrame,
@@ -889,6 +961,10 @@ class StreamingTracker:
                     self.config.mask_refine_config,
                     pixels,
                     images,
+                )
+            if self.config.zoom and o.is_cond and images is not None:
+                image_masks = self._zoomed(
+                    bf, st.inputs.get(bf.index), image_masks, geometry, images, names, seg, xyz
                 )
             if self.config.refine_masks and o.is_cond:
                 image_masks = self._held_to_prompts(st.inputs.get(bf.index), image_masks, names)

@@ -207,6 +207,13 @@ def global_parameter_specs() -> list[ParamSpec]:
            "under each click (the nearest in depth within 4 px) or, for a box, on the point "
            "cluster the box frames, so its LiDAR mask is prompted where the user pointed. "
            "false = the prompt as given (the SAM4D protocol)."),
+        _g("tracker.zoom", True,
+           "On the sweep a user prompts in a camera, decode the object's mask in that camera "
+           "again on a window around the prompt (at most half the image a side, resized to the "
+           "model input): a small object spans up to twice the decoder's cells, and the window's "
+           "mask, refined like a camera's, replaces the first inside the window. One more image "
+           "encoding per prompted camera; tracked sweeps are unchanged. false = one decode (the "
+           "SAM4D protocol)."),
         # -------------------------------------------------------------- prompts
         _g("prompts.clicked_point_topic", "/clicked_point",
            "geometry_msgs/PointStamped topic of RViz's Publish Point tool (any TF frame); empty = "

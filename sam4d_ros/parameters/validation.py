@@ -128,6 +128,7 @@ class NodeParameters:
     reprompt_with_memory: bool
     refine_masks: bool
     lift_image_clicks: bool
+    zoom: bool
     clicked_point_topic: str
     image_click_suffix: str
     prompts_max_per_request: int

@@ -149,7 +149,12 @@ def run(
         raise SystemExit(f"frames {bad} are outside the sample's {len(seq)} frames")
     tracker = StreamingTracker(
         model,
-        TrackerConfig(reprompt=reprompt, refine_masks=refine_masks, lift_image_clicks=refine_masks),
+        TrackerConfig(
+            reprompt=reprompt,
+            refine_masks=refine_masks,
+            lift_image_clicks=refine_masks,
+            zoom=refine_masks,
+        ),
     )
     ids = {k + 1: c for k, c in enumerate(CLICKS)}
     out.mkdir(parents=True, exist_ok=True)
