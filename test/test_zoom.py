@@ -1,6 +1,7 @@
 """Zoomed decoding: the window around a prompt, prompts moved into it, the window decoded as a
 camera of its own with the sweep's features reused, the tracker using it on the prompted frame
-only, and the bundled model segmenting a small held-out object it loses without it."""
+only (image prompts: the prompted camera; LiDAR prompts: the cameras seeing the segment), and the
+bundled model segmenting a small held-out object it loses without it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from sam4d_core.data.synthetic import generate_sequence, make_config
 from sam4d_core.evaluation.first_frame_prompts import ObjectVisibility, make_first_frame_prompt
 from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
 from sam4d_core.modeling.sam4d_base import upsample_mask_logits
+from sam4d_core.tracking.mask_refine import MaskRefineConfig
 from sam4d_core.tracking.records import ImagePrompt, ObjectPrompt
-from sam4d_core.tracking.reprompt import CameraGeometry, project_points
+from sam4d_core.tracking.records import LidarPrompt as RecordLidarPrompt
+from sam4d_core.tracking.reprompt import CameraGeometry, project_box, project_points
 from sam4d_core.tracking.streaming_tracker import StreamingTracker, TrackerConfig
 from sam4d_core.tracking.zoom import (
     ZoomConfig,
@@ -188,6 +191,47 @@ def test_the_tracker_zooms_the_prompted_camera_on_the_prompted_frame_only(model,
         assert np.array_equal(
             res[True][1].image_masks[cam_name], res[False][1].image_masks[cam_name]
         )
+
+
+def test_a_lidar_prompt_zooms_the_cameras_seeing_its_segment(model, seq) -> None:
+    """Prompted in the LiDAR only, a camera seeing the object's refined segment is zoomed on
+    the segment's projected box: its mask changes inside that window only; the sweep's mask is
+    the same with and without zoom."""
+    f0 = seq[0]
+    labels = f0.point_labels
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    obj = int(ids[np.argmin(counts)])
+    click = f0.points[np.flatnonzero(labels == obj)[:1], :3].astype(np.float64)
+    prompt = ObjectPrompt(1, lidar=RecordLidarPrompt(points=click, labels=np.array([1])))
+    # The random tiny model's segment is small: guide cameras that see a single point of it.
+    refine = MaskRefineConfig(image_min_points=1)
+    res, trackers = {}, {}
+    for zoom in (False, True):
+        tr = StreamingTracker(
+            model, TrackerConfig(refine_masks=True, mask_refine_config=refine, zoom=zoom)
+        )
+        tr.step(f0)
+        res[zoom] = tr.add_prompts([prompt]).objects[0]
+        trackers[zoom] = tr
+    assert np.array_equal(res[True].point_mask, res[False].point_mask)
+    seg = res[True].point_mask
+    bf = trackers[True]._buffer[-1]
+    xyz = bf.features.lidar.points_xyz.numpy()
+    zoomed = 0
+    for cg in bf.cameras:
+        name = next(n for n, s in trackers[True]._camera_slots.items() if s == cg.slot)
+        plain, got = res[False].image_masks[name], res[True].image_masks[name]
+        box = project_box(xyz[seg], cg, refine.image_min_points)
+        window = None if box is None else zoom_window(box, cg.size, ZoomConfig())
+        if window is None:
+            assert np.array_equal(got, plain), name
+            continue
+        inside = np.zeros_like(plain)
+        inside[window.slices()] = True
+        assert np.array_equal(got[~inside], plain[~inside]), name
+        zoomed += int(not np.array_equal(got, plain))
+    if not zoomed:
+        pytest.fail("no camera was zoomed: the test checks nothing")
 
 
 @pytest.mark.skipif(not BUNDLED.is_file(), reason=f"bundled model missing: {BUNDLED}")

@@ -362,9 +362,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             else ""
         )
         + (
-            " On the prompted frame the prompted camera's mask is decoded again on a window "
-            "around the prompt, zoomed up to 2x (`zoom`, the node's default; `--zoom off`: one "
-            "decode)."
+            " On the prompted frame the prompted camera's mask (a LiDAR prompt: each camera "
+            "seeing the object's segment) is decoded again on a window around the object, "
+            "zoomed up to 2x (`zoom`, the node's default; `--zoom off`: one decode)."
             if st.get("zoom")
             else ""
         ),

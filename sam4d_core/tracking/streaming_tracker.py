@@ -92,6 +92,7 @@ from sam4d_core.tracking.reprompt import (
     RepromptConfig,
     Reprompter,
     camera_geometry,
+    project_box,
     to_object_prompts,
 )
 from sam4d_core.tracking.zoom import (
@@ -156,11 +157,11 @@ class TrackerConfig:
             (:func:`~sam4d_core.tracking.mask_refine.lifted_clicks`), so the LiDAR decoder is
             prompted where the user clicked rather than through the image alone. False: the
             prompt as given (the SAM4D protocol).
-        zoom: on the frame a user prompts in a camera, decode the object's mask there again on
-            a window around the prompt, zoomed to the model input
-            (:mod:`~sam4d_core.tracking.zoom`): small objects span more of the decoder's stride-4
-            cells. One image encoder pass per prompted camera. False: one decode (the SAM4D
-            protocol).
+        zoom: on the frame a user prompts, decode the object's mask again on a window around
+            it, zoomed to the model input (:mod:`~sam4d_core.tracking.zoom`), in the prompted
+            camera (LiDAR prompts: in each camera seeing the refined segment): small objects
+            span more of the decoder's stride-4 cells. One image encoder pass per zoomed camera.
+            False: one decode (the SAM4D protocol).
         zoom_config: settings of the zoomed decoding.
         runtime: where the model's dense stages run: "torch" (PyTorch eager), "onnxruntime" or
             "tensorrt" (:mod:`sam4d_core.runtime`); the rest of the step is the same.
@@ -864,14 +865,24 @@ class StreamingTracker:
         xyz: np.ndarray | None,
     ) -> dict[str, np.ndarray]:
         """The camera masks of an object on a frame the user prompted, each prompted camera's
-        decoded again on a window around the prompt (:mod:`~sam4d_core.tracking.zoom`), the
-        window's mask refined like a camera's (at the window's zoom, where its refined
-        ``segment`` over the sweep's ``xyz`` is known) and pasted into the camera's."""
+        decoded again on a window around the prompt (:mod:`~sam4d_core.tracking.zoom`; prompted
+        in the LiDAR only: each camera seeing its refined ``segment`` over the sweep's ``xyz``,
+        around the segment's projected box), the window's mask refined like a camera's (at the
+        window's zoom) and pasted into the camera's."""
         if prompts is None:
             return image_masks
         out = dict(image_masks)
         thr = self.config.mask_logit_threshold
-        for slot, cp in prompts.cameras.items():
+        cams = dict(prompts.cameras)
+        if not cams and prompts.lidar is not None and segment is not None and xyz is not None:
+            # Prompted in the LiDAR only: each camera seeing the refined segment is zoomed on
+            # the segment's projected box, decoded from that box and the 3D clicks.
+            least = self.config.mask_refine_config.image_min_points
+            for cg in geometry.values():
+                box = project_box(xyz[segment], cg, least) if segment.any() else None
+                if box is not None:
+                    cams[cg.slot] = CameraPrompt(box=box)
+        for slot, cp in cams.items():
             name = names.get(slot)
             cam, image = geometry.get(name or ""), images.get(name or "")
             if name not in out or cam is None or image is None:

@@ -1,19 +1,23 @@
-"""Zoomed decoding: a prompted object's camera mask decoded again on a crop of the camera.
+"""Zoomed decoding: a prompted object's camera mask decoded again on a window of the camera.
 
 The decoder predicts camera masks at stride 4 of its input (384 x 192 for the bundled model: one
 logit per 5 x 6 pixels of a 480 x 288 camera), so an object of a few hundred pixels is a handful
-of cells and its mask is a blob. On the frame a user prompts in a camera, the object's mask there
-is decoded a second time on a *virtual camera*: a window of that camera around the prompt (a box,
-or the clicks and the first mask's extent), ``factor`` times smaller than the image, with the
-intrinsics of that window. The window's image is resized to the model input like any camera, so
-the object spans ``factor`` times more cells. The decode is a memory-free conditioning decode, as
-on an object's first frame, with the user's prompts of that camera moved into the window and the
-object's LiDAR prompts (its 3D clicks, the lifted clicks) unchanged: the sweep's features are
-the frame's, only the window's image is encoded (one image encoder pass per prompted camera).
-The window's logits, upsampled to the window's pixels, replace the first decode's inside it.
+of cells and its mask is a blob. On the frame a user prompts, the object's mask in a camera is
+decoded a second time on a *virtual camera*: a window of that camera around the object
+(:func:`zoom_window`: the camera's aspect, ``margin`` times the object's extent, at most
+``1 / factor`` of the image a side), resized to the camera's size, with the intrinsics of that
+window (:class:`ZoomWindow`). The model resizes it to its input like any camera, so the object
+spans up to ``factor`` times more cells. The object's extent is the user's box, or the clicks
+and the first mask (:func:`prompt_extent`); an object prompted in the LiDAR only is zoomed in
+each camera seeing its refined segment, on the segment's projected box. The decode is a
+memory-free conditioning decode, as on an object's first frame, with the camera prompt moved
+into the window (:func:`prompt_in_window`) and the object's 3D clicks unchanged: the sweep's
+features are the frame's, only the window is encoded (:func:`zoomed_camera_logits`, one image
+encoder pass per zoomed camera). The tracker refines the window's mask like a camera's and
+pastes it over the window (:meth:`ZoomWindow.paste`).
 
 Only the camera masks returned change: the object's memory, pointers and presence are the first
-decode's, and the refinement (:mod:`~sam4d_core.tracking.mask_refine`) runs on the result.
+decode's.
 """
 
 from __future__ import annotations

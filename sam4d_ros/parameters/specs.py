@@ -208,12 +208,12 @@ def global_parameter_specs() -> list[ParamSpec]:
            "cluster the box frames, so its LiDAR mask is prompted where the user pointed. "
            "false = the prompt as given (the SAM4D protocol)."),
         _g("tracker.zoom", True,
-           "On the sweep a user prompts in a camera, decode the object's mask in that camera "
-           "again on a window around the prompt (at most half the image a side, resized to the "
-           "model input): a small object spans up to twice the decoder's cells, and the window's "
-           "mask, refined like a camera's, replaces the first inside the window. One more image "
-           "encoding per prompted camera; tracked sweeps are unchanged. false = one decode (the "
-           "SAM4D protocol)."),
+           "On the sweep a user prompts, decode the object's mask again on a window around it "
+           "(at most half the image a side, resized to the model input) in the prompted camera, "
+           "or for a LiDAR-only prompt in each camera seeing its segment: a small object spans "
+           "up to twice the decoder's cells, and the window's mask, refined like a camera's, "
+           "replaces the first inside the window. One more image encoding per zoomed camera; "
+           "tracked sweeps are unchanged. false = one decode (the SAM4D protocol)."),
         # -------------------------------------------------------------- prompts
         _g("prompts.clicked_point_topic", "/clicked_point",
            "geometry_msgs/PointStamped topic of RViz's Publish Point tool (any TF frame); empty = "
