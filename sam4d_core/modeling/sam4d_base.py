@@ -282,6 +282,7 @@ class SAM4D(MemoryConditioning, PromptDecoding, nn.Module):
         points: ArrayLike | None = None,
         pose: ArrayLike | None = None,
         timings: dict[str, float] | None = None,
+        lidar: LidarFeatures | None = None,
     ) -> FrameFeatures:
         """Encode one synchronized frame (all cameras in one batch, the sweep once).
 
@@ -295,6 +296,8 @@ class SAM4D(MemoryConditioning, PromptDecoding, nn.Module):
             pose: (4, 4) LiDAR -> world at this sweep (float64 recommended); None: identity.
             timings: when given, ``image_encoder`` and ``lidar_encoder`` wall times (ms) are added
                 to it (:attr:`clock`).
+            lidar: the sweep's features from an earlier call (multi-modal ones when cameras are
+                given), used instead of encoding ``points`` (other cameras of the same sweep).
 
         Returns:
             :class:`FrameFeatures`.
@@ -302,7 +305,7 @@ class SAM4D(MemoryConditioning, PromptDecoding, nn.Module):
         device = self.device
         images = list(images or [])
         present = [i for i, im in enumerate(images) if im is not None]
-        has_lidar = points is not None and len(points) > 0
+        has_lidar = lidar is not None or (points is not None and len(points) > 0)
         if not present and not has_lidar:
             raise ValueError("a frame needs at least one camera image or a non-empty sweep")
         multi_modal = bool(present) and has_lidar
@@ -324,8 +327,8 @@ class SAM4D(MemoryConditioning, PromptDecoding, nn.Module):
                     tuple(present),
                     multi_modal,
                 )
-        lidar_feats = None
-        if has_lidar:
+        lidar_feats = lidar
+        if has_lidar and lidar_feats is None:
             with self.clock.timer(timings, "lidar_encoder", device):
                 lidar_feats = self._encode_points(points, multi_modal)  # type: ignore[arg-type]
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
-from sam4d_core.modeling.records import FrameFeatures, FrameGeometry
+from sam4d_core.modeling.records import FrameFeatures
 from sam4d_core.modeling.sam4d_base import SAM4D, upsample_mask_logits
 
 
@@ -179,23 +179,17 @@ def zoomed_camera_logits(
             None.
         timings: ``image_encoder`` and ``decoder`` times (ms) are added to it.
     """
-    K, cfl = np.asarray(K, np.float64), np.asarray(cam_from_lidar, np.float64)
     lidar = features.lidar
-    if lidar is None:
-        frame = model.encode_frame([view], [K], [cfl], None, timings=timings)
-    else:
-        # The sweep's features are the frame's: only the view is encoded (with the multi-modal
-        # encodings the frame's cameras had).
-        with model.clock.timer(timings, "image_encoder", model.device):
-            img = model._encode_images([view], [K], [cfl], (0,), multi_modal=True)
-        geometry = FrameGeometry(
-            pose=features.geometry.pose,
-            camera_K=img.K,
-            lidar_from_cam=img.lidar_from_cam,
-            token_xyz=lidar.token_xyz,
-            multi_modal=True,
-        )
-        frame = FrameFeatures(img, lidar, geometry, 1)
+    # The sweep's features are the frame's: only the view is encoded.
+    frame = model.encode_frame(
+        [view],
+        [np.asarray(K, np.float64)],
+        [np.asarray(cam_from_lidar, np.float64)],
+        None,
+        features.geometry.pose,
+        timings=timings,
+        lidar=lidar,
+    )
     lp = None if prompts is None or lidar is None else prompts.lidar
     if lp is not None:
         # Clicks and box only: the frame's dense prompts (a mask, the previous logits) are of
