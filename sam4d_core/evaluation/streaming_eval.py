@@ -267,7 +267,7 @@ class SharedFrameEncoding:
     def __init__(self, model: SAM4D) -> None:
         self.model = model
         self._token: object = None
-        self._cached: tuple[object, object] | None = None
+        self._cached: tuple[tuple[object, tuple[int, ...]], object] | None = None
         self.encodings = 0
 
     def new_frame(self, token: object) -> None:
@@ -279,11 +279,16 @@ class SharedFrameEncoding:
         original = type(self.model).encode_frame.__get__(self.model)
 
         def encode_frame(*args: object, **kwargs: object) -> object:
-            if self._cached is not None and self._cached[0] is self._token:
+            # Shared only for the same inputs: a tracker also encodes views of its own (a zoomed
+            # window of a camera), which must not be served the frame's encoding.
+            images = args[0] if args else kwargs.get("images")
+            key = (self._token, tuple(id(im) for im in images or ()))  # type: ignore[union-attr]
+            if self._cached is not None and self._cached[0] == key:
                 return self._cached[1]
             feats = original(*args, **kwargs)
-            self.encodings += 1
-            self._cached = (self._token, feats)
+            if self._cached is None or self._cached[0][0] is not self._token:
+                self.encodings += 1
+                self._cached = (key, feats)
             return feats
 
         # An instance attribute shadows the method for this model object only.
