@@ -877,9 +877,10 @@ class StreamingTracker:
         if not cams and prompts.lidar is not None and segment is not None and xyz is not None:
             # Prompted in the LiDAR only: each camera seeing the refined segment is zoomed on
             # the segment's projected box, decoded from that box and the 3D clicks.
+            seg_xyz = xyz[segment]
             least = self.config.mask_refine_config.image_min_points
             for cg in geometry.values():
-                box = project_box(xyz[segment], cg, least) if segment.any() else None
+                box = project_box(seg_xyz, cg, least)
                 if box is not None:
                     cams[cg.slot] = CameraPrompt(box=box)
         for slot, cp in cams.items():
