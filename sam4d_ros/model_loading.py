@@ -46,6 +46,7 @@ def tracker_config(params: NodeParameters, model: Any) -> Any:
         refine_masks=params.refine_masks,
         lift_image_clicks=params.lift_image_clicks,
         zoom=params.zoom,
+        boundary_refine=params.boundary_refine,
         runtime=params.runtime,
         onnx_dir=params.onnx_dir or None,
         runtime_threads=params.num_threads,

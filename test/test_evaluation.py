@@ -309,6 +309,8 @@ def test_bundled_report_regenerates(bundled_report, tmp_path) -> None:
         "on" if st.get("lift_image_clicks") else "off",
         "--zoom",
         "on" if st.get("zoom") else "off",
+        "--boundary-refine",
+        "on" if st.get("boundary_refine") else "off",
         "--json",
         str(tmp_path / "r.json"),
         "--quiet",

@@ -107,6 +107,8 @@ def test_tracker_parameters_reach_the_tracker_config():
     assert default.lift_image_clicks
     assert not tracker_config(check({"tracker.lift_image_clicks": False}), model).lift_image_clicks
     assert default.zoom and not tracker_config(check({"tracker.zoom": False}), model).zoom
+    assert default.boundary_refine
+    assert not tracker_config(check({"tracker.boundary_refine": False}), model).boundary_refine
     on = tracker_config(check({"tracker.reprompt_with_memory": True}), model)
     assert on.reprompt and on.reprompt_config.memory
     off = tracker_config(check({"tracker.reprompt": False}), model)

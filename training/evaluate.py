@@ -199,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode a prompted camera's mask again on a window around the prompt, as the node "
         "does by default (off: one decode, the SAM4D protocol)",
     )
+    e.add_argument(
+        "--boundary-refine",
+        choices=("on", "off"),
+        default="on",
+        help="refine camera masks on their image crop with the learned boundary refiner, as "
+        "the node does by default (off: GrabCut only)",
+    )
     r = p.add_argument_group("run and output")
     r.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     r.add_argument("--device", default="cpu")
@@ -239,6 +246,7 @@ def canonical_command(args: argparse.Namespace, checkpoint: Path) -> str:
     parts += ["--refine-masks", args.refine_masks]
     parts += ["--lift-image-clicks", args.lift_image_clicks]
     parts += ["--zoom", args.zoom]
+    parts += ["--boundary-refine", args.boundary_refine]
     parts += ["--threads", str(args.threads), "--device", args.device]
     if args.json:
         parts += ["--json", _display_path(args.json)]
@@ -304,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         evaluate_sequence,
         pick_demo_object,
     )
-    from sam4d_core.weights import bundled_model_path
+    from sam4d_core.weights import BUNDLED_REFINER, bundled_model_path
 
     t_start = time.perf_counter()
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -324,6 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         refine_masks=args.refine_masks == "on",
         lift_image_clicks=args.lift_image_clicks == "on",
         zoom=args.zoom == "on",
+        boundary_refine=args.boundary_refine == "on",
     )
     sources: list[Source] = []
     if args.synthetic_seeds:
@@ -385,6 +394,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cells = by_mode[modes[0]]
     settings = cfg.to_dict()
     settings.update({"threads": args.threads, "device": args.device})
+    if cfg.boundary_refine:  # which refiner made the camera masks
+        data = BUNDLED_REFINER.read_bytes()
+        settings["boundary_refiner_sha256"] = hashlib.sha256(data).hexdigest()
     report: dict[str, Any] = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,

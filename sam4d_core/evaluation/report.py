@@ -367,6 +367,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "zoomed up to 2x (`zoom`, the node's default; `--zoom off`: one decode)."
             if st.get("zoom")
             else ""
+        )
+        + (
+            " Camera masks the LiDAR segment guides are also refined on their image crop by the "
+            "learned boundary refiner (`boundary_refine`; `--boundary-refine off`: GrabCut only)."
+            if st.get("boundary_refine")
+            else ""
         ),
         "",
     ]

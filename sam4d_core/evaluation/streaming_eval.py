@@ -115,6 +115,8 @@ class EvalConfig:
             (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.lift_image_clicks`).
         zoom: the tracker decodes prompted cameras again on a window around the prompt
             (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.zoom`).
+        boundary_refine: the tracker refines camera masks with the learned boundary refiner
+            (:attr:`~sam4d_core.tracking.streaming_tracker.TrackerConfig.boundary_refine`).
     """
 
     prompt_types: tuple[str, ...] = PROMPT_TYPES
@@ -129,6 +131,7 @@ class EvalConfig:
     refine_masks: bool = False
     lift_image_clicks: bool = False
     zoom: bool = False
+    boundary_refine: bool = False
 
     def __post_init__(self) -> None:
         self.prompt_types = tuple(self.prompt_types)
@@ -514,6 +517,7 @@ def evaluate_sequence(
                 refine_masks=config.refine_masks,
                 lift_image_clicks=config.lift_image_clicks,
                 zoom=config.zoom,
+                boundary_refine=config.boundary_refine,
             ),
         )
         for combo in plans

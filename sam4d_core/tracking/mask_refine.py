@@ -37,7 +37,7 @@ learned; every setting is in :class:`MaskRefineConfig`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -488,12 +488,15 @@ def guide_camera_masks(
     config: MaskRefineConfig,
     cache: dict[str, PixelPoints],
     images: Mapping[str, np.ndarray] | None = None,
+    refine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Camera name -> (H, W) bool: one object's camera masks guided by its refined segment
     ((N,) bool over the sweep's (N, 3) ``xyz``), :func:`guided_image_mask` per camera with a
     calibration, then :func:`grabcut_image_mask` where ``images`` (camera name -> (H, W, 3)
-    uint8) has the camera's image, then :func:`supported_image_mask`; ``cache`` keeps each
-    camera's :class:`PixelPoints` for the frame's other objects."""
+    uint8) has the camera's image, then ``refine(image, mask) -> mask`` there when given (the
+    learned boundary refinement, :func:`~sam4d_core.tracking.boundary_refine.refine_mask`),
+    then :func:`supported_image_mask`; ``cache`` keeps each camera's :class:`PixelPoints` for
+    the frame's other objects."""
     out = dict(masks)
     if not config.images or not segment.any():
         return out
@@ -510,6 +513,8 @@ def guide_camera_masks(
         image = None if images is None else images.get(name)
         if config.grabcut and image is not None:
             guided = grabcut_image_mask(image, guided, segment, pix, config)
+        if refine is not None and image is not None:
+            guided = refine(image, guided)
         if config.image_support:
             guided = supported_image_mask(guided, segment, pix)
         out[name] = guided

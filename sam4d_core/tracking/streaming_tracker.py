@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -52,11 +53,13 @@ import numpy as np
 import torch
 
 from sam4d_core.data.sequence import Frame
+from sam4d_core.modeling.mask_refiner import load_mask_refiner
 from sam4d_core.modeling.memory_bank import MemoryBankConfig
 from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
 from sam4d_core.modeling.records import FrameFeatures
 from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.runtime.model_runtime import install_runtime
+from sam4d_core.tracking.boundary_refine import BoundaryRefineConfig, refine_mask
 from sam4d_core.tracking.engine import (
     ObjectFrameOutput,
     ObjectJob,
@@ -102,6 +105,7 @@ from sam4d_core.tracking.zoom import (
     zoom_window,
     zoomed_camera_logits,
 )
+from sam4d_core.weights import BUNDLED_REFINER
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +167,12 @@ class TrackerConfig:
             span more of the decoder's stride-4 cells. One image encoder pass per zoomed camera.
             False: one decode (the SAM4D protocol).
         zoom_config: settings of the zoomed decoding.
+        boundary_refine: with ``refine_masks``, each camera mask the sweep's segment guides is
+            also refined on its image crop by the learned boundary refiner
+            (:mod:`~sam4d_core.tracking.boundary_refine`), after GrabCut. False: not.
+        boundary_refiner: the refiner's weights (None: the bundled
+            ``sam4d_core/weights/mask_refiner_synthetic.pt``).
+        boundary_refine_config: where and at what scale the refiner sees a mask.
         runtime: where the model's dense stages run: "torch" (PyTorch eager), "onnxruntime" or
             "tensorrt" (:mod:`sam4d_core.runtime`); the rest of the step is the same.
         onnx_dir: the ONNX export of this model (``python -m sam4d_export onnx``), for
@@ -190,6 +200,9 @@ class TrackerConfig:
     lift_image_clicks: bool = False
     zoom: bool = False
     zoom_config: ZoomConfig = field(default_factory=ZoomConfig)
+    boundary_refine: bool = False
+    boundary_refiner: str | None = None
+    boundary_refine_config: BoundaryRefineConfig = field(default_factory=BoundaryRefineConfig)
     runtime: str = "torch"
     onnx_dir: str | None = None
     runtime_threads: int = 0
@@ -307,6 +320,15 @@ class StreamingTracker:
         self._next_index = 0
         self._order = 0
         self._reprompter = Reprompter(cfg.reprompt_config) if cfg.reprompt else None
+        self._refine_boundary = None
+        if cfg.boundary_refine:
+            refiner = load_mask_refiner(
+                cfg.boundary_refiner or str(BUNDLED_REFINER),
+                device=str(next(model.parameters()).device),
+            )
+            self._refine_boundary = functools.partial(
+                refine_mask, refiner, config=cfg.boundary_refine_config
+            )
         # The newest frame's camera images (mask refinement's GrabCut; older frames keep none).
         self._newest_images: dict[str, np.ndarray] = {}
 
@@ -917,6 +939,7 @@ class StreamingTracker:
                     self.config.mask_refine_config,
                     {},
                     {name: view},
+                    self._refine_boundary,
                 )[name]
             out[name] = window.paste(out[name], mask)
         return out
@@ -973,6 +996,7 @@ class StreamingTracker:
                     self.config.mask_refine_config,
                     pixels,
                     images,
+                    self._refine_boundary,
                 )
             if self.config.zoom and o.is_cond and images is not None:
                 image_masks = self._zoomed(

@@ -17,6 +17,8 @@ BUNDLED_MODEL_NAME = "sam4d_small_synthetic"
 BUNDLED_MODEL = WEIGHTS_DIR / f"{BUNDLED_MODEL_NAME}.pt"
 BUNDLED_EVAL_JSON = WEIGHTS_DIR / f"{BUNDLED_MODEL_NAME}_eval.json"
 BUNDLED_EVAL_MD = WEIGHTS_DIR / f"{BUNDLED_MODEL_NAME}_eval.md"
+# The learned boundary refiner the tracker applies to camera masks (training.train_refiner).
+BUNDLED_REFINER = WEIGHTS_DIR / "mask_refiner_synthetic.pt"
 
 
 def bundled_model_path() -> Path:
@@ -34,6 +36,7 @@ __all__ = [
     "BUNDLED_EVAL_MD",
     "BUNDLED_MODEL",
     "BUNDLED_MODEL_NAME",
+    "BUNDLED_REFINER",
     "WEIGHTS_DIR",
     "bundled_model_path",
 ]

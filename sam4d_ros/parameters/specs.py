@@ -214,6 +214,12 @@ def global_parameter_specs() -> list[ParamSpec]:
            "up to twice the decoder's cells, and the window's mask, refined like a camera's, "
            "replaces the first inside the window. One more image encoding per zoomed camera; "
            "tracked sweeps are unchanged. false = one decode (the SAM4D protocol)."),
+        _g("tracker.boundary_refine", True,
+           "With tracker.refine_masks, each camera mask the LiDAR segment guides is also refined "
+           "on a crop of its image around the object by the bundled learned boundary refiner "
+           "(a small CNN trained on synthetic camera images, sam4d_core/weights/"
+           "mask_refiner_synthetic.pt): boundaries move onto the image's edges and thin "
+           "occluders leave the mask. A few ms per object and camera. false = GrabCut only."),
         # -------------------------------------------------------------- prompts
         _g("prompts.clicked_point_topic", "/clicked_point",
            "geometry_msgs/PointStamped topic of RViz's Publish Point tool (any TF frame); empty = "

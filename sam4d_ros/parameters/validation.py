@@ -129,6 +129,7 @@ class NodeParameters:
     refine_masks: bool
     lift_image_clicks: bool
     zoom: bool
+    boundary_refine: bool
     clicked_point_topic: str
     image_click_suffix: str
     prompts_max_per_request: int

@@ -154,6 +154,7 @@ def run(
             refine_masks=refine_masks,
             lift_image_clicks=refine_masks,
             zoom=refine_masks,
+            boundary_refine=refine_masks,
         ),
     )
     ids = {k + 1: c for k, c in enumerate(CLICKS)}
