@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam4d_core.evaluation.streaming_eval import DEFAULT_SEMANTIC_BLACKLIST
+from sam4d_core.evaluation.streaming_eval import EvalConfig
 from sam4d_core.modeling.mask_refiner import MaskRefiner, MaskRefinerConfig, save_mask_refiner
 from sam4d_core.tracking.boundary_refine import (
     BoundaryRefineConfig,
@@ -54,28 +54,23 @@ class CameraSample:
     objects: list[int]
 
 
-def _blacklisted(semantic: str) -> bool:
-    key = semantic.lower().replace("_", " ").strip()
-    return key in {s.lower() for s in DEFAULT_SEMANTIC_BLACKLIST}
-
-
 def render_seed(args: tuple[str, int, int, int]) -> list[CameraSample]:
     """The camera images of one synthetic sequence (every ``step``-th frame)."""
     from sam4d_core.data.synthetic import generate_sequence, make_config
 
     preset, seed, frames, step = args
     seq = generate_sequence(make_config(preset, seed=seed, num_frames=frames))
+    never = EvalConfig()  # the classes never prompted (road, sidewalk, lane markings, ...)
     out = []
     for fr in seq.frames[::step]:
+        sem = {i: o.semantic for i, o in fr.objects.items()}
         for cam in fr.cameras.values():
             inst = np.asarray(cam.instance_mask, np.int32)
             ids, counts = np.unique(inst, return_counts=True)
             keep = [
                 int(i)
                 for i, c in zip(ids, counts, strict=True)
-                if i > 0
-                and 30 <= c < 0.4 * inst.size
-                and not _blacklisted(fr.objects[int(i)].semantic if int(i) in fr.objects else "")
+                if i > 0 and 30 <= c < 0.4 * inst.size and not never.blacklisted(sem.get(int(i)))
             ]
             if keep:
                 out.append(CameraSample(np.ascontiguousarray(cam.image), inst, keep))
