@@ -31,8 +31,9 @@ holding a positive click (:func:`prompt_constrained_mask`).
 Image prompts can also be lifted to 3D clicks (:func:`lifted_clicks`): the point seen under a
 click, or of a box the point cluster it frames (:func:`box_lifted_row`).
 
-Masks only change here: the model's logits, memory and presence are what they were. Nothing is
-learned; every setting is in :class:`MaskRefineConfig`.
+Masks only change here: the model's logits, memory and presence are what they were. Nothing here
+is learned; every setting is in :class:`MaskRefineConfig`. The tracker may pass in one learned
+step, run after GrabCut: :func:`~sam4d_core.tracking.boundary_refine.refine_mask`.
 """
 
 from __future__ import annotations
