@@ -321,7 +321,7 @@ class StreamingTracker:
         self._order = 0
         self._reprompter = Reprompter(cfg.reprompt_config) if cfg.reprompt else None
         self._refine_boundary = None
-        if cfg.boundary_refine:
+        if cfg.boundary_refine and cfg.refine_masks:  # it refines the masks the segment guides
             refiner = load_mask_refiner(
                 cfg.boundary_refiner or str(BUNDLED_REFINER),
                 device=str(next(model.parameters()).device),
