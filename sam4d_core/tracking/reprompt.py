@@ -43,7 +43,9 @@ only the ego motion moves it in the LiDAR frame) and brought into the current Li
   image is kept only when it lands inside the object's mask in one of the cameras that see it
   (points no camera sees are kept). A LiDAR mask the image masks disagree with (a cross-modal
   mask from an image click, or a LiDAR click decoded onto the wrong thing) is not re-prompted
-  from.
+  from. The streaming tracker checks against the decoder's stride-4 camera masks, on a
+  user-prompted sweep grown by one cell (the edge points of a small object fall just outside
+  its coarse cells there, and its refined segment is held to the user's prompt).
 - Decoding (``memory``): a re-prompted frame is decoded from its derived prompts alone, as a
   prompted frame is (the object's memory is still written every frame, and an object with no
   derived prompts is decoded from its memory); with ``memory`` the decoder also sees the memory,

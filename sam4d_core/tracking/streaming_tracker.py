@@ -49,6 +49,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
@@ -271,6 +272,11 @@ class _Request:
     object_id: int
     frames: dict[int, ObjectPrompts] = field(default_factory=dict)
     clear_previous: bool = False
+
+
+def _grown(masks: np.ndarray) -> np.ndarray:
+    """(C, h, w) bool masks, each grown by one cell in the 8 directions."""
+    return np.stack([cv2.dilate(m.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0 for m in masks])
 
 
 class StreamingTracker:
@@ -824,12 +830,17 @@ class StreamingTracker:
         thr = self.config.mask_logit_threshold
         for i, (job, o) in enumerate(zip(jobs, outs, strict=True)):
             presence = 0.0 if o.absent else float(torch.sigmoid(o.object_score.float()))
-            # Stride-4 camera masks (the decoder's own grid) for the cross-modal check.
+            mask = refined.get(job.state.obj_id)
+            # Stride-4 camera masks (the decoder's own grid) for the cross-modal check; on a
+            # user-prompted sweep grown by one cell: its coarse cells miss small objects' edge
+            # points (a 5-point tree boxed by the user lost 3 of them, too few to start its
+            # motion), and the refined segment there is held to the user's prompt.
             cams = {}
             if o.image_logits is not None and not o.absent:
                 low = (o.image_logits > thr).cpu().numpy()
+                if o.is_cond and mask is not None:
+                    low = _grown(low)
                 cams = {cam: low[row] for row, cam in enumerate(o.camera_ids)}
-            mask = refined.get(job.state.obj_id)
             if mask is None and masks is not None:
                 mask = masks[i]
             rep.observe(job.state.obj_id, sensors, mask, presence, cams)
