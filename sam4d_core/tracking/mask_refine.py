@@ -82,6 +82,11 @@ class MaskRefineConfig:
         prompt_box_margin_px: on the frame a user prompts, the prompted camera's mask is
             clipped to the user's box plus this margin, and keeps its parts holding a positive
             click (:func:`prompt_constrained_mask`).
+        carry_across: on that frame, each other camera the segment cannot guide (fewer than
+            ``image_min_points`` of its points seen there) takes the prompted camera's mask
+            carried across at the object's depth, when any of it lands in its image
+            (:mod:`~sam4d_core.tracking.overlap`): an object in two overlapping cameras.
+        carry_default_depth: the depth (m) it is carried at when the segment gives none.
         grabcut: refine a guided camera mask with GrabCut on the image (needs the image).
         grabcut_iterations: GrabCut iterations (1 does as well as 5 on the held-out set).
         grabcut_margin_px: the GrabCut region: the mask's and the segment's bounds plus this.
@@ -104,6 +109,8 @@ class MaskRefineConfig:
     image_min_points: int = 5
     image_support: bool = True
     prompt_box_margin_px: int = 2
+    carry_across: bool = True
+    carry_default_depth: float = 50.0
     grabcut: bool = True
     grabcut_iterations: int = 1
     grabcut_margin_px: int = 15

@@ -84,6 +84,7 @@ from sam4d_core.tracking.mask_refine import (
     prompt_constrained_mask,
     refine_point_mask,
 )
+from sam4d_core.tracking.overlap import carry_mask, mask_depth, points_in_image
 from sam4d_core.tracking.records import (
     MAX_OBJECT_ID,
     ObjectPrompt,
@@ -886,6 +887,40 @@ class StreamingTracker:
                 out[name] = prompt_constrained_mask(out[name], cp, margin)
         return out
 
+    def _carried(
+        self,
+        prompts: ObjectPrompts | None,
+        image_masks: dict[str, np.ndarray],
+        geometry: Mapping[str, CameraGeometry],
+        names: dict[int, str],
+        segment: np.ndarray | None,
+        xyz: np.ndarray | None,
+    ) -> dict[str, np.ndarray]:
+        """The camera masks of an object on a frame the user prompted in a camera: each other
+        camera the refined ``segment`` (over the sweep's ``xyz``) cannot guide takes the
+        prompted camera's mask carried across at the object's depth (:mod:`.overlap`)."""
+        if prompts is None or not prompts.cameras:
+            return image_masks
+        cfg = self.config.mask_refine_config
+        prompted = {names.get(slot) for slot in prompts.cameras}
+        pts = np.zeros((0, 3))
+        if segment is not None and xyz is not None and segment.any():
+            pts = np.asarray(xyz, np.float64)[segment, :3]
+        out = dict(image_masks)
+        for src in prompted:
+            if src not in out or src not in geometry or not out[src].any():
+                continue
+            depth = mask_depth(out[src], geometry[src], pts, cfg.carry_default_depth)
+            for name in image_masks:
+                if name in prompted or name not in geometry:
+                    continue
+                if points_in_image(pts, geometry[name]) >= cfg.image_min_points:
+                    continue  # the segment guides it
+                carried = carry_mask(out[src], geometry[src], geometry[name], depth)
+                if carried.any():
+                    out[name] = carried
+        return out
+
     def _zoomed(
         self,
         bf: BufferedFrame,
@@ -1015,6 +1050,14 @@ class StreamingTracker:
                 )
             if self.config.refine_masks and o.is_cond:
                 image_masks = self._held_to_prompts(st.inputs.get(bf.index), image_masks, names)
+            if (
+                self.config.refine_masks
+                and o.is_cond
+                and self.config.mask_refine_config.carry_across
+            ):
+                image_masks = self._carried(
+                    st.inputs.get(bf.index), image_masks, geometry, names, seg, xyz
+                )
             # Lost: no support (not run), or a mask nowhere (no pixel in any camera and no
             # point) whatever the presence score says: an object without a mask is not tracked.
             is_lost = (lost is not None and st.obj_id in lost) or not (
