@@ -277,7 +277,12 @@ class _Request:
 
 def _grown(masks: np.ndarray) -> np.ndarray:
     """(C, h, w) bool masks, each grown by one cell in the 8 directions."""
-    return np.stack([cv2.dilate(m.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0 for m in masks])
+    kernel = np.ones((3, 3), np.uint8)
+    return (
+        np.stack([cv2.dilate(m.astype(np.uint8), kernel) > 0 for m in masks])
+        if len(masks)
+        else masks
+    )
 
 
 class StreamingTracker:
