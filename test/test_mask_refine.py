@@ -115,6 +115,56 @@ def test_a_partial_mask_is_completed_without_ground_or_neighbour() -> None:
     assert np.array_equal(only, select_segment(xyz, mask, anchor, 4.0))
 
 
+def _bush_before_a_building() -> tuple[np.ndarray, np.ndarray]:
+    """Ground (label 0), a 1.2 m bush (its foliage from 0.3 m up) at 19 m (1) and a building's
+    wall 3.5 m behind it (2)."""
+    rng = np.random.default_rng(3)
+    g = np.c_[rng.uniform(0, 40, 6000), rng.uniform(0, 40, 6000), rng.normal(0, 0.02, 6000)]
+    bush = _box(rng, (10, 16), size=(1.2, 1.2, 1.2), n=40)
+    wall = _box(rng, (10, 20.5), size=(12.0, 0.5, 6.0), n=1500)
+    xyz = np.concatenate([g, bush, wall])
+    return xyz, np.repeat([0, 1, 2], [len(g), len(bush), len(wall)])
+
+
+def test_a_clicked_object_is_kept_when_the_mask_chose_its_neighbour() -> None:
+    xyz, lab = _bush_before_a_building()
+    bush, wall = lab == 1, lab == 2
+    click = xyz[np.flatnonzero(bush & (xyz[:, 2] > 0.5))[0]]
+    near_click = (lab == 0) & (np.linalg.norm(xyz - click, axis=1) < 0.6)
+    for mask in (wall | near_click, wall):  # the wall and the road under the click, the wall
+        anchor = SegmentAnchor(points=click[None], prompted=True)
+        out = refine_point_mask(xyz, mask, anchor, MaskRefineConfig())
+        assert not (out & wall).any()
+        assert (out & bush).sum() >= 0.9 * bush.sum(), int((out & bush).sum())
+    # Without the click rule the bush is lost and the wall kept (what it fixes).
+    old = MaskRefineConfig(clicks_held=False)
+    out = refine_point_mask(xyz, wall | near_click, SegmentAnchor(points=click[None]), old)
+    assert not (out & bush).any() and (out & wall).sum() > 0.9 * wall.sum()
+
+
+def test_a_clicked_object_keeps_its_parts_and_drops_a_neighbour_behind() -> None:
+    xyz, lab = _bush_before_a_building()
+    rng = np.random.default_rng(4)
+    # The mask holds most of the bush and half the wall 3.5 m behind it.
+    mask = ((lab == 1) & (rng.random(len(lab)) < 0.7)) | ((lab == 2) & (rng.random(len(lab)) < 0.5))
+    click = xyz[np.flatnonzero(mask & (lab == 1))[0]]
+    anchor = SegmentAnchor(points=click[None], prompted=True)
+    assert _iou(refine_point_mask(xyz, mask, anchor, MaskRefineConfig()), lab == 1) > 0.9
+    # The tracker's clicks do not bound the segment (a facade with gaps stays whole): the
+    # wall, mostly covered, stays with the bush.
+    tracked = refine_point_mask(xyz, mask, SegmentAnchor(points=click[None]), MaskRefineConfig())
+    assert (tracked & (lab == 2)).sum() > 0.9 * (lab == 2).sum()
+    # A car in two clusters (its hood and its cabin, 0.9 m apart) clicked on one: both stay.
+    xyz2, lab2 = _scene()
+    car = lab2 == 1
+    cut = car & (np.abs(xyz2[:, 0] - 12.0) < 0.45)
+    keep = ~cut
+    xyz2, lab2, car = xyz2[keep], lab2[keep], car[keep]
+    click = xyz2[np.flatnonzero(car & (xyz2[:, 0] > 12.5))[0]]
+    anchor = SegmentAnchor(points=click[None], prompted=True)
+    assert _iou(refine_point_mask(xyz2, car.copy(), anchor, MaskRefineConfig()), car) > 0.95
+
+
 def test_ground_points_are_the_local_ground() -> None:
     xyz, lab = _scene()
     g = ground_points(xyz, 1.0, 0.25)
@@ -297,9 +347,16 @@ def test_tracker_results_and_motion_use_the_refined_mask(model, seq) -> None:
     f0 = seq[0]
     ids, counts = np.unique(f0.point_labels[f0.point_labels > 0], return_counts=True)
     obj = int(ids[np.argmax(counts)])
-    click = f0.points[np.flatnonzero(f0.point_labels == obj)[0], :3].astype(np.float64)
-    prompt = ObjectPrompt(1, lidar=RecordLidarPrompt(points=click[None], labels=np.array([1])))
     raw = StreamingTracker(model, TrackerConfig(reprompt=True))
+    # A click on a point a camera sees: the clicked part's segment then guides that camera.
+    raw.step(f0)
+    xyz0 = f0.points[:, :3].astype(np.float64)
+    seen = np.zeros(len(xyz0), bool)
+    for cam in raw._buffer[-1].cameras:
+        seen |= pr._project(xyz0, cam)[1]
+    click = xyz0[np.flatnonzero((f0.point_labels == obj) & seen)[0]]
+    prompt = ObjectPrompt(1, lidar=RecordLidarPrompt(points=click[None], labels=np.array([1])))
+    raw.reset()
     # The random tiny model's segment is small: guide cameras that see a single point of it.
     cfg = MaskRefineConfig(image_min_points=1)
     ref = StreamingTracker(
@@ -311,7 +368,8 @@ def test_tracker_results_and_motion_use_the_refined_mask(model, seq) -> None:
         results.append(tr.add_prompts([prompt]).objects[0])
     (r0,), (r1,) = [results[0:1], results[1:2]]
     xyz = ref._buffer[-1].features.lidar.points_xyz.numpy()
-    expected = refine_point_mask(xyz, r0.point_mask, SegmentAnchor(points=click[None]), cfg)
+    anchor = SegmentAnchor(points=click[None], prompted=True)  # the user's click
+    expected = refine_point_mask(xyz, r0.point_mask, anchor, cfg)
     assert r0.point_mask.any()
     assert np.array_equal(r1.point_mask, expected)
     assert np.array_equal(r1.point_mask, r1.point_scores > 0.5)

@@ -226,12 +226,12 @@ def test_an_object_that_left_is_lost_though_its_neighbour_stays() -> None:
     assert not derive_prompts(predicted, back, [cam], RepromptConfig(), refind=True).lost
 
 
-def test_a_lost_object_is_found_again_only_with_strong_support() -> None:
-    """The Reprompter remembers a lost frame (rolled back with the history) and asks the next
-    prediction for ``refind_support_points`` / ``refind_coverage``."""
-    rng = np.random.default_rng(9)
-    # A far object: a few points (on a truck bed, out of reach of the ground).
-    car = _car(rng, np.array([25.0, 4.0, 1.6]), n=8)
+def _observed_far_object(
+    rng: np.random.Generator, centre: list[float], n: int
+) -> tuple[Reprompter, np.ndarray, np.ndarray]:
+    """A Reprompter that observed object 1, a car of ``n`` points at ``centre`` (world), on
+    ground, on sweeps 0-2; with the car's and the ground's points (world frame)."""
+    car = _car(rng, np.array(centre), n=n)
     ground = _ground(rng, 20000)
     rep = Reprompter()
     for k in range(3):
@@ -239,6 +239,14 @@ def test_a_lost_object_is_found_again_only_with_strong_support() -> None:
         pts = transform_points(rigid_inverse(pose), np.concatenate([ground, car]))
         mask = np.r_[np.zeros(len(ground), bool), np.ones(len(car), bool)]
         assert rep.observe(1, FrameSensors(k, k * DT, pose, pts, []), mask, presence=0.9)
+    return rep, car, ground
+
+
+def test_a_lost_object_is_found_again_only_with_strong_support() -> None:
+    """The Reprompter remembers a lost frame (rolled back with the history) and asks the next
+    prediction for ``refind_support_points`` / ``refind_coverage``."""
+    # A far object: a few points (on a truck bed, out of reach of the ground).
+    rep, car, ground = _observed_far_object(np.random.default_rng(9), [25.0, 4.0, 1.6], 8)
     sensors = [
         FrameSensors(k, k * DT, _ego(k), transform_points(rigid_inverse(_ego(k)), w), [])
         for k, w in ((3, ground), (4, np.concatenate([ground, car[:5]])))
@@ -256,6 +264,20 @@ def test_a_lost_object_is_found_again_only_with_strong_support() -> None:
     assert not rep.plan(1, sensors[1]).lost  # the lost frame rolled back
 
 
+def test_a_far_object_of_few_points_is_found_again_by_as_many_as_it_has() -> None:
+    """``refind_support_points`` (6) is more points than a car 35 m away has (4): after one lost
+    sweep it must be found again by all of its own, not by 6, or it is lost for good."""
+    rep, car, ground = _observed_far_object(np.random.default_rng(12), [35.0, -7.0, 1.6], 4)
+    s3 = FrameSensors(3, 3 * DT, _ego(3), transform_points(rigid_inverse(_ego(3)), ground), [])
+    assert rep.plan(1, s3).lost
+    rep.miss(1, 3, lost=True)
+    for n, lost in ((3, True), (4, False)):  # 3 of its 4 points, then all 4
+        w = np.concatenate([ground, car[:n]])
+        s4 = FrameSensors(4, 4 * DT, _ego(4), transform_points(rigid_inverse(_ego(4)), w), [])
+        rp = rep.plan(1, s4)
+        assert rp.lost == lost and rp.support == n, (n, rp.support)
+
+
 def test_a_mask_spilling_onto_a_neighbour_moves_neither_segment_nor_velocity() -> None:
     rng = np.random.default_rng(6)
     car = _car(rng, np.array([25.0, 4.0, 1.05]))
@@ -270,6 +292,26 @@ def test_a_mask_spilling_onto_a_neighbour_moves_neither_segment_nor_velocity() -
     st = rep.motions[1].latest()
     assert np.linalg.norm(st.filter.velocity) < 0.5
     assert np.abs(st.segment[:, 1] - 4.0).max() < 1.0  # only the car's points are kept
+
+
+def test_a_user_prompted_object_of_two_points_starts_its_motion() -> None:
+    """Two points are too few for a tracked output to update the motion, not for the sweep the
+    user prompted: without that state the next sweep is decoded from memory alone and its
+    output (a building behind) would start the motion instead."""
+    rng = np.random.default_rng(11)
+    bush = _car(rng, np.array([35.0, -6.0, 0.6]), n=2)
+    building = _car(rng, np.array([44.0, -14.0, 3.0]), n=100)
+    pose = _ego(0)
+    pts = transform_points(rigid_inverse(pose), np.concatenate([bush, building]))
+    mask = np.r_[np.ones(len(bush), bool), np.zeros(len(building), bool)]
+    s0 = FrameSensors(0, 0.0, pose, pts, [])
+    assert not Reprompter().observe(1, s0, mask, presence=0.9)
+    rep = Reprompter()
+    assert rep.observe(1, s0, mask, presence=0.9, prompted=True)
+    # The next sweep's output on the building is far from the prediction: not the object.
+    s1 = FrameSensors(1, DT, _ego(1), transform_points(rigid_inverse(_ego(1)), building), [])
+    rep.observe(1, s1, np.ones(len(building), bool), presence=0.9)
+    assert np.abs(rep.motions[1].latest().segment[:, 0] - 35.0).max() < 2.5
 
 
 def test_motion_history_rolls_back_and_prunes() -> None:

@@ -8,14 +8,17 @@ SAM 2's post-processing drop sprinkles and fill holes in 2D, with the LiDAR's me
 
 1. **select**: on a tracked sweep the mask's points far from the motion model's predicted
    segment are dropped first (:func:`gate_to_prediction`); the mask's points are grouped into
-   segments (points closer than ``segment_radius`` are linked) and the segment of the object's
-   *anchor* is kept: the one
+   segments (points closer than ``segment_radius`` are linked; ``click_segment_radius`` around
+   a user's 3D clicks) and the segment of the object's *anchor* is kept: the one
    nearest the prompt (a LiDAR click, a bird's-eye box's centre, the point seen nearest an image
-   click, the tracker's predicted segment), the largest one without a prompt.
+   click, the tracker's predicted segment), the largest one without a prompt. A mask that
+   holds nothing near any 3D click lies on a neighbour: the segment starts from the clicked
+   points instead.
 2. **complete**: around that segment the sweep is split into clusters of non-ground points
    (local ground removed, points linked within a distance that grows with range as the LiDAR's
    rings spread); a cluster mostly inside the segment is taken whole, and the segment's points
-   on clusters it barely touches are dropped.
+   on clusters it barely touches are dropped. The clusters the 3D clicks land on are always
+   taken: a click is on its object (a bush clicked in front of a building the decoder chose).
 
 Camera masks then follow the refined segment where the LiDAR sees (:func:`guided_image_mask`):
 a pixel within ``image_radius_px`` of a projected point takes that point's label (the nearest
@@ -62,6 +65,12 @@ class MaskRefineConfig:
             spreading onto the wall behind it); 0 = off. Only with a prediction made from the
             previous sweep's observation.
         segment_radius: mask points closer than this (m) belong to one segment (select step).
+        clicks_held: a 3D click is on the object: when the mask holds no point within the
+            completion's linking distance of any positive 3D click, the segment starts from the
+            clicked points instead; the completion always takes the clicked clusters.
+        click_segment_radius: with a user's 3D clicks on the sweep's points (a LiDAR click,
+            an image click or box lifted to 3D) the select step links the mask's points within
+            this (m), not ``segment_radius``, on the sweep the user prompted.
         complete: run the completion step (else only the anchor's segment is kept).
         link_min: the completion's linking distance near the sensor (m).
         link_per_m: ... growing by this much per metre of range (the rings' spacing grows).
@@ -96,6 +105,8 @@ class MaskRefineConfig:
 
     predicted_gate: float = 1.5
     segment_radius: float = 4.0
+    clicks_held: bool = True
+    click_segment_radius: float = 2.0
     complete: bool = True
     link_min: float = 0.5
     link_per_m: float = 0.04
@@ -117,7 +128,14 @@ class MaskRefineConfig:
     grabcut_max_side: int = 192
 
     def __post_init__(self) -> None:
-        positive = ("segment_radius", "link_min", "ground_cell", "margin", "image_radius_px")
+        positive = (
+            "segment_radius",
+            "click_segment_radius",
+            "link_min",
+            "ground_cell",
+            "margin",
+            "image_radius_px",
+        )
         bad = [n for n in positive if not getattr(self, n) > 0]
         bad += [
             n for n in ("link_per_m", "ground_tolerance", "predicted_gate") if getattr(self, n) < 0
@@ -142,6 +160,9 @@ class SegmentAnchor:
         camera: the camera of ``pixels``.
         predicted: (M, 3) on a tracked sweep, the motion model's predicted segment (LiDAR
             frame, m): mask points farther than ``predicted_gate`` from it are dropped first.
+        prompted: the anchor is a user's prompt on the sweep it was given on (not the
+            tracker's re-prompting): its 3D clicks bound the segment to
+            ``click_segment_radius``.
     """
 
     points: np.ndarray | None = None
@@ -149,6 +170,7 @@ class SegmentAnchor:
     pixels: np.ndarray | None = None
     camera: CameraGeometry | None = None
     predicted: np.ndarray | None = None
+    prompted: bool = False
 
 
 def anchor_from_prompts(
@@ -260,9 +282,16 @@ def ground_points(xyz: np.ndarray, cell: float, tolerance: float) -> np.ndarray:
     return xyz[:, 2] < low[ij[:, 0], ij[:, 1]] + tolerance
 
 
-def complete_segment(xyz: np.ndarray, segment: np.ndarray, config: MaskRefineConfig) -> np.ndarray:
+def complete_segment(
+    xyz: np.ndarray,
+    segment: np.ndarray,
+    config: MaskRefineConfig,
+    clicked: np.ndarray | None = None,
+) -> np.ndarray:
     """(N,) bool: ``segment`` completed with the non-ground clusters it mostly covers (module
-    docstring); the segment unchanged when its region is too large to cluster."""
+    docstring), and the clusters of the ``clicked`` rows (a user's or the tracker's 3D clicks:
+    the clicked object, however little of it the segment holds); the segment unchanged when
+    its region is too large to cluster."""
     if not segment.any():
         return segment
     seg_pts = xyz[segment]
@@ -275,12 +304,18 @@ def complete_segment(xyz: np.ndarray, segment: np.ndarray, config: MaskRefineCon
     above = np.flatnonzero(~ground)
     if len(above) == 0:
         return segment
-    link = max(config.link_min, config.link_per_m * float(np.linalg.norm(seg_pts.mean(axis=0))))
+    link = link_distance(np.linalg.norm(seg_pts.mean(axis=0)), config)
     lab = _components(p[above], link)
     size = np.bincount(lab)
     hit = np.bincount(lab, weights=m[above].astype(np.float64), minlength=len(size))
     keep = (hit >= config.min_overlap * size) | (hit >= config.min_overlap * max(hit.sum(), 1.0))
     keep &= hit > 0
+    if clicked is not None and len(clicked):
+        where = np.full(len(xyz), -1, np.int64)
+        where[crop[above]] = np.arange(len(above))
+        at = where[clicked]
+        on = np.unique(lab[at[at >= 0]])
+        keep[on] = True
     taken = np.zeros(len(p), bool)
     taken[above[keep[lab]]] = True
     # The segment's ground-level points stay when they touch what was taken (a wheel, a foot).
@@ -315,6 +350,38 @@ def gate_to_prediction(
     return out
 
 
+def link_distance(range_m: float, config: MaskRefineConfig) -> float:
+    """The completion's linking distance (m) at ``range_m`` m from the sensor."""
+    return max(config.link_min, config.link_per_m * float(range_m))
+
+
+def clicked_rows(xyz: np.ndarray, anchor: SegmentAnchor, config: MaskRefineConfig) -> np.ndarray:
+    """Rows of the (N, 3) sweep points nearest the anchor's positive 3D clicks, each within the
+    linking distance of its click (a click between points picks none)."""
+    if anchor.points is None or not len(anchor.points) or not len(xyz):
+        return np.zeros(0, np.int64)
+    clicks = np.asarray(anchor.points, np.float64).reshape(-1, 3)
+    link = np.array([link_distance(np.linalg.norm(c), config) for c in clicks])
+    # Only the points around the clicks: a tree over the whole sweep costs more than the rest.
+    near = np.all(
+        (xyz >= clicks.min(axis=0) - link.max()) & (xyz <= clicks.max(axis=0) + link.max()), axis=1
+    )
+    crop = np.flatnonzero(near)
+    if not len(crop):
+        return np.zeros(0, np.int64)
+    d, rows = cKDTree(xyz[crop]).query(clicks)
+    return np.unique(crop[rows[d <= link]])
+
+
+def _farther_than_link(
+    xyz: np.ndarray, mask: np.ndarray, rows: np.ndarray, config: MaskRefineConfig
+) -> bool:
+    """Whether every point of ``rows`` is farther than the linking distance from ``mask``."""
+    d, _ = cKDTree(xyz[mask]).query(xyz[rows])
+    link = np.array([link_distance(np.linalg.norm(p), config) for p in xyz[rows]])
+    return bool(np.all(d > link))
+
+
 def refine_point_mask(
     xyz: np.ndarray, mask: np.ndarray, anchor: SegmentAnchor, config: MaskRefineConfig
 ) -> np.ndarray:
@@ -326,9 +393,21 @@ def refine_point_mask(
         return mask
     if config.predicted_gate > 0 and anchor.predicted is not None and len(anchor.predicted):
         mask = gate_to_prediction(xyz, mask, anchor.predicted, config.predicted_gate)
-    out = select_segment(xyz, mask, anchor, config.segment_radius)
+    clicked = clicked_rows(xyz, anchor, config) if config.clicks_held else np.zeros(0, np.int64)
+    if len(clicked) and not mask[clicked].any() and _farther_than_link(xyz, mask, clicked, config):
+        # The mask missed the clicked object (it lies on a neighbour): start from the clicks.
+        out = np.zeros(len(xyz), bool)
+        out[clicked] = True
+    else:
+        # A user-clicked object's mask reaches no farther than this from its clicked part;
+        # beyond it lie neighbours the decoder's coarse tokens mixed in (a building behind a
+        # bush). The tracker's clicks are not bound so: a facade with gaps stays whole.
+        r = config.segment_radius
+        if len(clicked) and anchor.prompted:
+            r = min(r, config.click_segment_radius)
+        out = select_segment(xyz, mask, anchor, r)
     if config.complete:
-        out = complete_segment(xyz, out, config)
+        out = complete_segment(xyz, out, config, clicked)
     return out
 
 

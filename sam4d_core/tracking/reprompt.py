@@ -29,7 +29,9 @@ only the ego motion moves it in the LiDAR frame) and brought into the current Li
 - Hysteresis: an object lost on the previous frame is found again only with strong support
   (``refind_support_points`` and ``refind_coverage``): the stale segment of an object that left
   is partly covered by what stood beside it, and the search, wide after frames without an
-  observation, finds a few points of something else.
+  observation, finds a few points of something else. A far object whose predicted segment has
+  fewer points than ``refind_support_points`` needs as many as it has (a car of 4 points at
+  35 m, lost for one sweep, was otherwise never found again).
 - 3D clicks: up to ``num_points`` positive clicks on the support, the first the support point
   nearest the predicted centroid, the others spread by farthest-point sampling over the support
   points of the predicted segment's core (within half the radius).
@@ -93,7 +95,8 @@ class RepromptConfig:
         min_coverage: fewest fraction of the predicted segment's points with a current point
             within ``support_radius`` for LiDAR support.
         refind_support_points / refind_coverage: the same for an object lost (no support) on the
-            previous frame (hysteresis, module docstring).
+            previous frame (hysteresis, module docstring); an object whose predicted segment
+            has fewer points needs as many as it has (at least ``min_support_points``).
         camera_boxes: give the projected box in each camera where the prediction is visible.
         min_visible_points: fewest projected predicted points inside a camera image for a box.
         max_segment_points: a kept segment is subsampled (evenly, deterministically) to this.
@@ -407,7 +410,10 @@ def derive_prompts(
     if has_lidar:
         pts = np.asarray(points, np.float64)[:, :3]
         r = support_radius(predicted, config)
-        need_points = config.refind_support_points if refind else config.min_support_points
+        need_points = config.min_support_points
+        if refind:
+            # An object of fewer points than that is refound by as many as it has.
+            need_points = min(config.refind_support_points, max(need_points, len(predicted)))
         need_coverage = config.refind_coverage if refind else config.min_coverage
 
         def fit(radius: float):
@@ -658,11 +664,15 @@ class Reprompter:
         point_mask: np.ndarray | None,
         presence: float,
         camera_masks: Mapping[int, np.ndarray] | None = None,
+        prompted: bool = False,
     ) -> bool:
         """Updates the object's motion with its output on a frame: its mask points (N,) bool
         when present enough and large enough, else a miss. ``camera_masks``: camera slot ->
         (h, w) bool mask of the object in that camera (any resolution), for the cross-modal
-        check. Returns whether it was observed."""
+        check. ``prompted``: a frame the user prompted, whose segment is held to the prompt:
+        one point starts the motion (an object of two points would otherwise start it on
+        the next sweep's output, which the memory alone decoded). Returns whether it was
+        observed."""
         motion = self.motions.setdefault(object_id, ObjectMotion(self.config))
         pts = sensors.points
         if (
@@ -684,7 +694,7 @@ class Reprompter:
                 seg = seg[np.sort(idx)]
             if self.config.cross_modal_check and camera_masks and len(seg):
                 seg = seg[_agreeing(seg, sensors.cameras, camera_masks)]
-            if len(seg) >= self.config.min_observed_points:
+            if len(seg) >= (1 if prompted else self.config.min_observed_points):
                 motion.observe(sensors.index, sensors.timestamp, sensors.world_from_lidar, seg)
                 return True
         motion.miss(sensors.index)

@@ -800,6 +800,8 @@ class StreamingTracker:
             anchor = anchor_from_prompts(prompts, bf.cameras)
             if job.predicted is not None:
                 anchor = dataclasses.replace(anchor, predicted=job.predicted)
+            if job.is_cond:
+                anchor = dataclasses.replace(anchor, prompted=True)
             out[st.obj_id] = refine_point_mask(
                 xyz, masks[i], anchor, self.config.mask_refine_config
             )
@@ -849,7 +851,8 @@ class StreamingTracker:
                 cams = {cam: low[row] for row, cam in enumerate(o.camera_ids)}
             if mask is None and masks is not None:
                 mask = masks[i]
-            rep.observe(job.state.obj_id, sensors, mask, presence, cams)
+            prompted = o.is_cond and job.state.obj_id in refined
+            rep.observe(job.state.obj_id, sensors, mask, presence, cams, prompted=prompted)
         timings["reprompt"] = timings.get("reprompt", 0.0) + (self.model.clock.now() - t0) * 1e3
 
     def _with_lost(
