@@ -86,3 +86,19 @@ def mask_agreement(
         checked += len(idx)
         inside += int((cam.instance_mask[v[idx], u[idx]] == labels[idx]).sum())
     return inside, checked
+
+
+def camera_seen(points: np.ndarray, cameras) -> np.ndarray:
+    """(N,) bool: which of (N, 3+) LiDAR-frame points a camera sees (``cameras``: the tracker's
+    :class:`~sam4d_core.tracking.reprompt.CameraGeometry` of the frame): a click there lets the
+    clicked part's segment guide that camera."""
+    from sam4d_core.tracking.reprompt import project_points
+
+    xyz = np.asarray(points, np.float64)[:, :3]
+    seen = np.zeros(len(xyz), bool)
+    for cam in cameras:
+        uv, front = project_points(xyz, cam)
+        h, w = cam.size
+        inside = (uv[:, 0] >= -0.5) & (uv[:, 0] < w - 0.5) & (uv[:, 1] >= -0.5)
+        seen |= front & inside & (uv[:, 1] < h - 0.5)
+    return seen

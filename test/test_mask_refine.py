@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic_cases import camera_seen
 
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.synthetic import generate_sequence, make_config
@@ -350,11 +351,8 @@ def test_tracker_results_and_motion_use_the_refined_mask(model, seq) -> None:
     raw = StreamingTracker(model, TrackerConfig(reprompt=True))
     # A click on a point a camera sees: the clicked part's segment then guides that camera.
     raw.step(f0)
-    xyz0 = f0.points[:, :3].astype(np.float64)
-    seen = np.zeros(len(xyz0), bool)
-    for cam in raw._buffer[-1].cameras:
-        seen |= pr._project(xyz0, cam)[1]
-    click = xyz0[np.flatnonzero((f0.point_labels == obj) & seen)[0]]
+    seen = camera_seen(f0.points, raw._buffer[-1].cameras)
+    click = f0.points[np.flatnonzero((f0.point_labels == obj) & seen)[0], :3].astype(np.float64)
     prompt = ObjectPrompt(1, lidar=RecordLidarPrompt(points=click[None], labels=np.array([1])))
     raw.reset()
     # The random tiny model's segment is small: guide cameras that see a single point of it.

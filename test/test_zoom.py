@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic_cases import camera_seen
 
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.synthetic import generate_sequence, make_config
@@ -199,9 +200,14 @@ def test_a_lidar_prompt_zooms_the_cameras_seeing_its_segment(model, seq) -> None
     the same with and without zoom."""
     f0 = seq[0]
     labels = f0.point_labels
-    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    probe = StreamingTracker(model, TrackerConfig())
+    probe.step(f0)
+    seen = camera_seen(f0.points, probe._buffer[-1].cameras)
+    # The smallest object a camera sees, clicked on a point the camera sees.
+    ids, counts = np.unique(labels[(labels > 0) & seen], return_counts=True)
     obj = int(ids[np.argmin(counts)])
-    click = f0.points[np.flatnonzero(labels == obj)[:1], :3].astype(np.float64)
+    rows = np.flatnonzero((labels == obj) & seen)[:1]
+    click = f0.points[rows, :3].astype(np.float64)
     prompt = ObjectPrompt(1, lidar=RecordLidarPrompt(points=click, labels=np.array([1])))
     # The random tiny model's segment is small: guide cameras that see a single point of it.
     refine = MaskRefineConfig(image_min_points=1)
