@@ -304,7 +304,7 @@ def complete_segment(
     above = np.flatnonzero(~ground)
     if len(above) == 0:
         return segment
-    link = link_distance(np.linalg.norm(seg_pts.mean(axis=0)), config)
+    link = float(link_distance(np.linalg.norm(seg_pts.mean(axis=0)), config))
     lab = _components(p[above], link)
     size = np.bincount(lab)
     hit = np.bincount(lab, weights=m[above].astype(np.float64), minlength=len(size))
@@ -350,9 +350,10 @@ def gate_to_prediction(
     return out
 
 
-def link_distance(range_m: float, config: MaskRefineConfig) -> float:
-    """The completion's linking distance (m) at ``range_m`` m from the sensor."""
-    return max(config.link_min, config.link_per_m * float(range_m))
+def link_distance(range_m: float | np.ndarray, config: MaskRefineConfig) -> np.ndarray:
+    """The completion's linking distance (m) at ``range_m`` m from the sensor (a scalar or an
+    array of ranges: the same shape)."""
+    return np.maximum(config.link_min, config.link_per_m * np.asarray(range_m, np.float64))
 
 
 def clicked_rows(xyz: np.ndarray, anchor: SegmentAnchor, config: MaskRefineConfig) -> np.ndarray:
@@ -361,7 +362,7 @@ def clicked_rows(xyz: np.ndarray, anchor: SegmentAnchor, config: MaskRefineConfi
     if anchor.points is None or not len(anchor.points) or not len(xyz):
         return np.zeros(0, np.int64)
     clicks = np.asarray(anchor.points, np.float64).reshape(-1, 3)
-    link = np.array([link_distance(np.linalg.norm(c), config) for c in clicks])
+    link = link_distance(np.linalg.norm(clicks, axis=1), config)
     # Only the points around the clicks: a tree over the whole sweep costs more than the rest.
     near = np.all(
         (xyz >= clicks.min(axis=0) - link.max()) & (xyz <= clicks.max(axis=0) + link.max()), axis=1
@@ -378,7 +379,7 @@ def _farther_than_link(
 ) -> bool:
     """Whether every point of ``rows`` is farther than the linking distance from ``mask``."""
     d, _ = cKDTree(xyz[mask]).query(xyz[rows])
-    link = np.array([link_distance(np.linalg.norm(p), config) for p in xyz[rows]])
+    link = link_distance(np.linalg.norm(xyz[rows], axis=1), config)
     return bool(np.all(d > link))
 
 
