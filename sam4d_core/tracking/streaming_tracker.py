@@ -797,11 +797,11 @@ class StreamingTracker:
                 continue
             st = job.state
             prompts = job.prompts if job.prompts is not None else st.inputs.get(bf.index)
-            anchor = anchor_from_prompts(prompts, bf.cameras)
-            if job.predicted is not None:
-                anchor = dataclasses.replace(anchor, predicted=job.predicted)
-            if job.is_cond:
-                anchor = dataclasses.replace(anchor, prompted=True)
+            anchor = dataclasses.replace(
+                anchor_from_prompts(prompts, bf.cameras),
+                predicted=job.predicted,
+                prompted=job.is_cond,
+            )
             out[st.obj_id] = refine_point_mask(
                 xyz, masks[i], anchor, self.config.mask_refine_config
             )
