@@ -58,6 +58,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -352,11 +353,23 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
 SPIN_PAUSE_S = 0.001
 
 
+def spin_once_or_stopped(executor: Executor, timeout_sec: float = 0.1) -> bool:
+    """One ``executor.spin_once``; False when the executor's context has shut down (then or
+    before: a Ctrl-C between a caller's ``context.ok()`` and the executor building its wait set
+    makes rclpy raise, which is a shutdown, not an error)."""
+    try:
+        executor.spin_once(timeout_sec=timeout_sec)
+    except _rclpy.RCLError:
+        if executor.context.ok():
+            raise
+        return False
+    return executor.context.ok()
+
+
 def spin_yielding(executor: Executor, pause_s: float = SPIN_PAUSE_S) -> None:
-    """``executor.spin()`` with a pause (GIL released) after each iteration."""
-    context = executor.context
-    while context.ok():
-        executor.spin_once(timeout_sec=0.1)
+    """``executor.spin()`` with a pause (GIL released) after each iteration; returns when the
+    context shuts down (Ctrl-C)."""
+    while executor.context.ok() and spin_once_or_stopped(executor):
         time.sleep(pause_s)
 
 

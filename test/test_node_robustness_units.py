@@ -1,5 +1,5 @@
 """The node's small robustness helpers on their own: the prompt ledger (every request ends in
-exactly one counter), the backward-jump rule, and the heap trimmer's schedule."""
+exactly one counter), the backward-jump rule, the heap trimmer's schedule and the spin loop's Ctrl-C."""
 
 from __future__ import annotations
 
@@ -73,3 +73,21 @@ def test_glibc_calls_do_not_fail(monkeypatch):
     assert limit_malloc_arenas(2) is False  # the user's environment wins
     rss = rss_mb()
     assert rss is None or rss > 1.0
+
+
+def test_a_spin_after_the_context_shut_down_is_a_stop_not_an_error(rclpy_context):
+    """Ctrl-C can shut the context down between the spin loop's ``context.ok()`` and rclpy
+    building its wait set; rclpy then raises RCLError, which the node took for a crash (exit
+    status 1). A spin on a shut-down context reports a stop; on a live one it goes on."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
+    from sam4d_ros.node import spin_once_or_stopped
+
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    assert spin_once_or_stopped(executor, timeout_sec=0.01)
+    rclpy.shutdown(context=rclpy_context)
+    with pytest.raises(rclpy_implementation.RCLError):  # what rclpy does there
+        executor.spin_once(timeout_sec=0.01)
+    assert not spin_once_or_stopped(executor, timeout_sec=0.01)
