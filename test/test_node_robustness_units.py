@@ -1,5 +1,6 @@
 """The node's small robustness helpers on their own: the prompt ledger (every request ends in
-exactly one counter), the backward-jump rule, the heap trimmer's schedule and the spin loop's Ctrl-C."""
+exactly one counter), the backward-jump rule, the heap trimmer's schedule and the spin loop's
+Ctrl-C."""
 
 from __future__ import annotations
 
