@@ -143,6 +143,24 @@ def test_a_clicked_object_is_kept_when_the_mask_chose_its_neighbour() -> None:
     assert not (out & bush).any() and (out & wall).sum() > 0.9 * wall.sum()
 
 
+def test_an_empty_mask_under_clicks_starts_from_the_clicked_object() -> None:
+    """The decoder's LiDAR mask is empty although the object is clicked (a car on real KITTI
+    frames tracked by the re-prompting clicks: its camera mask then had no segment to follow
+    and spilt over 100,000 pixels): the segment is the clicked cluster; without clicks an
+    empty mask stays empty."""
+    xyz, lab = _bush_before_a_building()
+    bush = lab == 1
+    click = xyz[np.flatnonzero(bush & (xyz[:, 2] > 0.5))[0]]
+    empty = np.zeros(len(xyz), bool)
+    for prompted in (True, False):  # a user's click, the tracker's
+        anchor = SegmentAnchor(points=click[None], prompted=prompted)
+        out = refine_point_mask(xyz, empty, anchor, MaskRefineConfig())
+        assert (out & bush).sum() >= 0.9 * bush.sum() and not (out & ~bush).any()
+    assert not refine_point_mask(xyz, empty, SegmentAnchor(), MaskRefineConfig()).any()
+    old = MaskRefineConfig(clicks_held=False)
+    assert not refine_point_mask(xyz, empty, SegmentAnchor(points=click[None]), old).any()
+
+
 def test_a_clicked_object_keeps_its_parts_and_drops_a_neighbour_behind() -> None:
     xyz, lab = _bush_before_a_building()
     rng = np.random.default_rng(4)
@@ -355,7 +373,7 @@ def test_tracker_results_and_motion_use_the_refined_mask(model, seq) -> None:
     click = f0.points[np.flatnonzero((f0.point_labels == obj) & seen)[0], :3].astype(np.float64)
     prompt = ObjectPrompt(1, lidar=RecordLidarPrompt(points=click[None], labels=np.array([1])))
     raw.reset()
-    # The random tiny model's segment is small: guide cameras that see a single point of it.
+    # The random tiny model's segment is small: a camera seeing one point of it is covered.
     cfg = MaskRefineConfig(image_min_points=1)
     ref = StreamingTracker(
         model, TrackerConfig(reprompt=True, refine_masks=True, mask_refine_config=cfg)
@@ -527,6 +545,53 @@ def test_a_box_is_lifted_to_the_object_it_frames_not_what_its_centre_sees() -> N
     assert np.allclose(lifted, xyz[row])
     # A box where no point is seen: nothing to lift.
     assert box_lifted_row(xyz, cam, np.array([0.0, 0, 5, 5]), pix, MaskRefineConfig()) is None
+
+
+def test_a_camera_mask_is_guided_by_an_object_of_two_points() -> None:
+    """A pedestrian 30 m away is hit by 2 LiDAR points, the wall 6 m behind it by many; the
+    decoder's mask covers both. Guided by its 2 points (``image_guide_min_points`` 1, the
+    default) the wall's pixels leave the mask and the pedestrian's stay; requiring 5 points,
+    the decoder's spill stays whole."""
+    rng = np.random.default_rng(2)
+    person = np.array([[30.0, 0.0, 1.0], [30.0, 0.0, 1.4]])
+    wall = np.c_[np.full(3000, 36.0), rng.uniform(-4, 4, 3000), rng.uniform(0.0, 4.0, 3000)]
+    xyz = np.concatenate([person, wall])
+    segment = np.r_[np.ones(2, bool), np.zeros(len(wall), bool)]
+    cam = _front_camera()
+    uv, _ = pr._project(xyz, cam)
+    mask = np.zeros(cam.size, bool)
+    q = uv[2:]
+    mask[int(q[:, 1].min()) : int(q[:, 1].max()), int(q[:, 0].min()) : int(q[:, 0].max())] = True
+    for least, cut in ((1, True), (5, False)):
+        config = MaskRefineConfig(image_guide_min_points=least)
+        out = guide_camera_masks({"front": mask}, segment, xyz, {"front": cam}, config, {})
+        got = out["front"]
+        on_person = [got[int(round(v)), int(round(u))] for u, v in uv[:2]]
+        assert all(on_person)
+        assert (got.sum() < 0.05 * mask.sum()) == cut, (least, got.sum(), mask.sum())
+
+
+def test_a_click_above_the_lidar_beams_is_lifted_onto_the_points_below_it() -> None:
+    """A far pole whose LiDAR hits stop below its lamp: a click on the lamp has no point within
+    4 px, and is lifted onto the pole's nearest point (not onto the ground) within
+    ``click_lift_radius_px``; with it 0 nothing is lifted, and a click in the empty sky stays
+    unlifted."""
+    rng = np.random.default_rng(5)
+    pole = np.c_[np.full(8, 40.0), np.full(8, 2.0), np.linspace(0.3, 3.5, 8)]  # hits to 3.5 m
+    ground = np.c_[rng.uniform(5, 60, 8000), rng.uniform(-15, 15, 8000), rng.normal(0, 0.02, 8000)]
+    xyz = np.concatenate([pole, ground])
+    cam = _front_camera()
+    uv, _ = pr._project(xyz, cam)
+    top = uv[7]  # the pole's highest hit
+    lamp = top + [3.0, -9.0]  # the lamp: above and beside it
+    assert pixel_points(xyz, cam, 4.0).index[int(round(lamp[1])), int(round(lamp[0]))] < 0
+    p = ObjectPrompts(cameras={0: CameraPrompt(lamp[None], np.array([1]))})
+    (lifted,) = lifted_clicks(p, xyz, [cam])
+    assert np.allclose(lifted, pole[7])
+    off = MaskRefineConfig(click_lift_radius_px=0.0)
+    assert lifted_clicks(p, xyz, [cam], config=off).shape == (0, 3)
+    sky = ObjectPrompts(cameras={0: CameraPrompt(np.array([[320.0, 20.0]]), np.array([1]))})
+    assert lifted_clicks(sky, xyz, [cam]).shape == (0, 3)
 
 
 def test_a_tracked_mask_is_kept_near_the_prediction() -> None:

@@ -111,6 +111,30 @@ def test_constant_velocity_object_is_predicted_within_a_voxel() -> None:
     assert _max_error(still, truth) > 3 * VOXEL
 
 
+def test_a_static_pole_seen_in_parts_keeps_its_height_and_is_found_again() -> None:
+    """A far pole: each sweep's LiDAR hits a different stretch of it, so the observed
+    centroid moves up and down by a metre. With planar motion (the default) the prediction
+    stays on the pole through sweeps that miss it, and the pole is found again when it is hit;
+    a filter that learns a vertical speed from those jumps sinks the prediction into the
+    ground while it coasts, and the pole is lost for good."""
+    pole = np.c_[np.full(12, 30.0), np.full(12, 6.0), np.linspace(0.2, 6.0, 12)]  # world
+    for planar in (True, False):
+        rep = Reprompter(RepromptConfig(planar=planar))
+        for k, seg in enumerate([pole[6:], pole[4:9]]):  # its top, then lower down
+            pts = transform_points(rigid_inverse(_ego(k)), seg)
+            mask = np.ones(len(seg), bool)
+            assert rep.observe(1, FrameSensors(k, k * DT, _ego(k), pts, []), mask, 0.9)
+        vz = rep.motions[1].latest().filter.velocity[2]
+        for k in range(2, 8):  # sweeps that do not hit it
+            rep.miss(1, k, lost=True)
+        pts = transform_points(rigid_inverse(_ego(8)), pole)
+        rp = rep.plan(1, FrameSensors(8, 8 * DT, _ego(8), pts, []))
+        if planar:
+            assert vz == 0.0 and not rp.lost, (vz, rp.support, rp.coverage)
+        else:
+            assert vz < -2.0 and rp.lost, (vz, rp.support, rp.coverage)
+
+
 def _front_camera() -> CameraGeometry:
     """A 640 x 384 camera looking along the LiDAR's x axis."""
     K = np.array([[400.0, 0, 320], [0, 400.0, 192], [0, 0, 1]])

@@ -209,7 +209,7 @@ def test_a_lidar_prompt_zooms_the_cameras_seeing_its_segment(model, seq) -> None
     rows = np.flatnonzero((labels == obj) & seen)[:1]
     click = f0.points[rows, :3].astype(np.float64)
     prompt = ObjectPrompt(1, lidar=RecordLidarPrompt(points=click, labels=np.array([1])))
-    # The random tiny model's segment is small: guide cameras that see a single point of it.
+    # The random tiny model's segment is small: a camera seeing one point of it is zoomed.
     refine = MaskRefineConfig(image_min_points=1)
     res, trackers = {}, {}
     for zoom in (False, True):

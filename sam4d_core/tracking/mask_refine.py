@@ -32,7 +32,9 @@ the frame a user prompts, the prompted camera's mask stays in the user's box and
 holding a positive click (:func:`prompt_constrained_mask`).
 
 Image prompts can also be lifted to 3D clicks (:func:`lifted_clicks`): the point seen under a
-click, or of a box the point cluster it frames (:func:`box_lifted_row`).
+click (with none there, the non-ground point seen nearest it within ``click_lift_radius_px``:
+a click above the LiDAR's highest beam), or of a box the point cluster it frames
+(:func:`box_lifted_row`).
 
 Masks only change here: the model's logits, memory and presence are what they were. Nothing here
 is learned; every setting is in :class:`MaskRefineConfig`. The tracker may pass in one learned
@@ -68,6 +70,10 @@ class MaskRefineConfig:
         clicks_held: a 3D click is on the object: when the mask holds no point within the
             completion's linking distance of any positive 3D click, the segment starts from the
             clicked points instead; the completion always takes the clicked clusters.
+        click_lift_radius_px: an image click with no sweep point within 4 px is lifted to the
+            non-ground point seen nearest it within this many camera pixels (0 = off): a click
+            on a pole's lamp or a building's upper floors, above the LiDAR's highest beam,
+            lands on the object's points below it (:func:`lifted_clicks`).
         click_segment_radius: with a user's 3D clicks on the sweep's points (a LiDAR click,
             an image click or box lifted to 3D) the select step links the mask's points within
             this (m), not ``segment_radius``, on the sweep the user prompted.
@@ -83,8 +89,14 @@ class MaskRefineConfig:
             (bounds the cost of a mask spread over a building).
         images: guide the camera masks by the refined segment.
         image_radius_px: a pixel this close (camera pixels) to a projected point takes its label.
-        image_min_points: a camera mask is guided only when at least this many of the
-            segment's points are seen by that camera.
+        image_guide_min_points: a camera mask is guided only when at least this many of the
+            segment's points are seen by that camera. One is enough: a pedestrian of two points
+            40 m away is as well placed by them as a car by forty, and the points of what
+            surrounds it (labelled not the object) cut the decoder's spill onto a building.
+        image_min_points: fewer of the segment's points seen by a camera than this, and the
+            segment does not cover the object there: on a user-prompted frame such a camera
+            takes the prompted camera's mask carried across (``carry_across``), and a LiDAR
+            prompt's segment is zoomed in a camera only from this many.
         image_support: keep only the parts of a guided camera mask (8-connected) that hold a
             pixel where one of the segment's points projects: the decoder's blobs where the
             LiDAR sees none of the object (windows, sky, the next building) are dropped.
@@ -107,6 +119,7 @@ class MaskRefineConfig:
     segment_radius: float = 4.0
     clicks_held: bool = True
     click_segment_radius: float = 2.0
+    click_lift_radius_px: float = 16.0
     complete: bool = True
     link_min: float = 0.5
     link_per_m: float = 0.04
@@ -117,6 +130,7 @@ class MaskRefineConfig:
     max_points: int = 20000
     images: bool = True
     image_radius_px: float = 6.0
+    image_guide_min_points: int = 1
     image_min_points: int = 5
     image_support: bool = True
     prompt_box_margin_px: int = 2
@@ -142,11 +156,19 @@ class MaskRefineConfig:
         ]
         if bad:
             raise ValueError(f"MaskRefineConfig: {', '.join(bad)} out of range")
-        counts = ("max_points", "image_min_points", "grabcut_iterations", "grabcut_max_side")
+        counts = (
+            "max_points",
+            "image_guide_min_points",
+            "image_min_points",
+            "grabcut_iterations",
+            "grabcut_max_side",
+        )
         if not 0.0 < self.min_overlap <= 1.0 or any(getattr(self, n) < 1 for n in counts):
             raise ValueError(f"MaskRefineConfig: min_overlap in (0, 1], {', '.join(counts)} >= 1")
         if self.grabcut_margin_px < 0 or self.prompt_box_margin_px < 0:
             raise ValueError("MaskRefineConfig: grabcut_margin_px, prompt_box_margin_px >= 0")
+        if self.click_lift_radius_px < 0:
+            raise ValueError("MaskRefineConfig: click_lift_radius_px >= 0")
 
 
 @dataclass
@@ -378,6 +400,8 @@ def _farther_than_link(
     xyz: np.ndarray, mask: np.ndarray, rows: np.ndarray, config: MaskRefineConfig
 ) -> bool:
     """Whether every point of ``rows`` is farther than the linking distance from ``mask``."""
+    if not mask.any():
+        return True
     d, _ = cKDTree(xyz[mask]).query(xyz[rows])
     link = link_distance(np.linalg.norm(xyz[rows], axis=1), config)
     return bool(np.all(d > link))
@@ -390,11 +414,11 @@ def refine_point_mask(
     refined: its anchor's segment, completed (module docstring)."""
     xyz = np.asarray(xyz, np.float64)[:, :3]
     mask = np.asarray(mask, bool)
-    if not mask.any():
+    clicked = clicked_rows(xyz, anchor, config) if config.clicks_held else np.zeros(0, np.int64)
+    if not mask.any() and not len(clicked):
         return mask
     if config.predicted_gate > 0 and anchor.predicted is not None and len(anchor.predicted):
         mask = gate_to_prediction(xyz, mask, anchor.predicted, config.predicted_gate)
-    clicked = clicked_rows(xyz, anchor, config) if config.clicks_held else np.zeros(0, np.int64)
     if len(clicked) and not mask[clicked].any() and _farther_than_link(xyz, mask, clicked, config):
         # The mask missed the clicked object (it lies on a neighbour): start from the clicks.
         out = np.zeros(len(xyz), bool)
@@ -595,9 +619,10 @@ def guide_camera_masks(
         if name not in cache:
             cache[name] = pixel_points(xyz, cam, config.image_radius_px)
         pix = cache[name]
-        if int((segment & pix.seen).sum()) < config.image_min_points:
+        least = config.image_guide_min_points
+        if int((segment & pix.seen).sum()) < least:
             continue
-        guided = guided_image_mask(mask, segment, pix, config.image_min_points)
+        guided = guided_image_mask(mask, segment, pix, least)
         image = None if images is None else images.get(name)
         if config.grabcut and image is not None:
             guided = grabcut_image_mask(image, guided, segment, pix, config)
@@ -670,6 +695,29 @@ def box_lifted_row(
     return int(rows[np.argmin(np.linalg.norm(uv[rows] - centre, axis=1))])
 
 
+def _seen_above_ground(
+    xyz: np.ndarray, camera: CameraGeometry, pixels: PixelPoints, config: MaskRefineConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (K,) of the (N, 3) sweep's non-ground points a camera sees, and their (K, 2)
+    pixels."""
+    rows = np.flatnonzero(pixels.seen)
+    rows = rows[~ground_points(xyz[rows], config.ground_cell, config.ground_tolerance)]
+    return rows, _project(xyz[rows], camera)[0]
+
+
+def _nearest_within(
+    points: tuple[np.ndarray, np.ndarray], uv: tuple[float, float], radius: float
+) -> int:
+    """Row of the point (``points``: rows, (K, 2) pixels) projecting nearest ``uv`` within
+    ``radius`` pixels, -1 when none does."""
+    rows, pix = points
+    if len(rows) == 0:
+        return -1
+    d = np.linalg.norm(pix - np.asarray(uv, np.float64), axis=1)
+    k = int(np.argmin(d))
+    return int(rows[k]) if d[k] <= radius else -1
+
+
 def lifted_clicks(
     prompts: ObjectPrompts,
     xyz: np.ndarray,
@@ -679,7 +727,8 @@ def lifted_clicks(
 ) -> np.ndarray:
     """(P, 3) the sweep points seen under an object's image prompts (model units: camera
     pixels; ``xyz``: (N, 3) LiDAR frame): per positive click the point projecting nearest it
-    within ``radius_px`` (of points on one pixel, the nearest in depth), and for a box in a
+    within ``radius_px`` (of points on one pixel, the nearest in depth), else the non-ground
+    point seen nearest it within ``config.click_lift_radius_px``, and for a box in a
     camera without one the point of the cluster the box frames (:func:`box_lifted_row`,
     clustered with ``config``'s settings); clicks with none are skipped. What the user pointed
     at in the image, as a 3D click for the LiDAR decoder."""
@@ -704,8 +753,13 @@ def lifted_clicks(
                 found.append(xyz[row])
             continue
         h, w = cam.size
+        above: tuple[np.ndarray, np.ndarray] | None = None
         for u, v in pos:
-            row = pix.index[int(np.clip(round(v), 0, h - 1)), int(np.clip(round(u), 0, w - 1))]
+            row = int(pix.index[int(np.clip(round(v), 0, h - 1)), int(np.clip(round(u), 0, w - 1))])
+            if row < 0 and config.click_lift_radius_px > 0:
+                if above is None:
+                    above = _seen_above_ground(xyz, cam, pix, config)
+                row = _nearest_within(above, (u, v), config.click_lift_radius_px)
             if row >= 0:
                 found.append(xyz[row])
     return np.array(found, np.float64).reshape(-1, 3)

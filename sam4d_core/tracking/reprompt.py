@@ -5,7 +5,8 @@ Per object (:class:`ObjectMotion`) the tracker keeps, after every frame the obje
 on, its LiDAR segment in the world frame (the points of its mask, moved by the frame's ego pose
 ``world <- lidar``) and a constant-velocity Kalman filter of the segment's centroid
 (:class:`CentroidFilter`, one 2x2 covariance shared by the three axes, as 3D multi-object
-trackers such as AB3DMOT use). On the next frame (:meth:`ObjectMotion.predict`) the latest
+trackers such as AB3DMOT use; with ``planar`` its vertical speed is held at 0, as road objects
+move on the ground). On the next frame (:meth:`ObjectMotion.predict`) the latest
 segment is moved by ``velocity * dt`` (a static object stays exactly where it was in the world;
 only the ego motion moves it in the LiDAR frame) and brought into the current LiDAR frame.
 :func:`derive_prompts` then looks for support and derives the prompts:
@@ -106,6 +107,11 @@ class RepromptConfig:
         accel_std: process noise, white acceleration (m/s^2).
         init_speed_std: prior spread of an object's speed before its second observation (m/s).
         max_speed: velocity estimates are clamped to this (m/s).
+        planar: objects move on the ground: the velocity's vertical component is held at 0.
+            The centroid of a partly seen object (a far pole's LiDAR hits move up and down it
+            from sweep to sweep) otherwise gives it a vertical speed that sinks its prediction
+            under the ground while it coasts through missed sweeps, and it is never found
+            again.
         gate_sigma: a centroid farther than this many standard deviations from its prediction
             is an outlier: the filter predicts through it. Also the prediction's search radius:
             this many standard deviations of the velocity times the time since the last
@@ -137,6 +143,7 @@ class RepromptConfig:
     accel_std: float = 3.0
     init_speed_std: float = 4.0
     max_speed: float = 40.0
+    planar: bool = True
     gate_sigma: float = 3.0
     max_search: float = 3.0
     reacquire_search: float = 0.6
@@ -505,6 +512,8 @@ class CentroidFilter:
             return CentroidFilter(p_pred, self.velocity.copy(), P, float(t))
         pos = p_pred + gain[0] * resid
         vel = self.velocity + gain[1] * resid
+        if config.planar:
+            vel[2] = 0.0
         speed = float(np.linalg.norm(vel))
         if speed > config.max_speed:
             vel = vel * (config.max_speed / speed)
