@@ -14,11 +14,13 @@ from sam4d_core.data.synthetic import generate_sequence, make_config
 from sam4d_core.modeling.prompts import CameraPrompt, LidarPrompt, ObjectPrompts
 from sam4d_core.tracking import mask_refine as pr
 from sam4d_core.tracking.mask_refine import (
+    HeightMemory,
     MaskRefineConfig,
     PixelPoints,
     SegmentAnchor,
     anchor_from_prompts,
     box_lifted_row,
+    ceiling_points,
     gate_to_prediction,
     grabcut_image_mask,
     ground_points,
@@ -620,3 +622,128 @@ def test_a_tracked_mask_is_kept_near_the_prediction() -> None:
     anchored = SegmentAnchor(points=click, predicted=predicted)
     assert np.array_equal(refine_point_mask(xyz, mask, anchored, off), without)
     assert gate_to_prediction(xyz, mask, predicted + [50.0, 0, 0], 1.5) is mask
+
+
+def _ray_cast_wall(x: float, half_width: float, top: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) hits of a 32-beam LiDAR (10 to -30 degrees, 1024 columns over the front half; z
+    up, the ground 1.8 m below it, nothing returns beyond 60 m) on a wall facing it ``x`` m
+    ahead, ``half_width`` m either side, from the ground to ``top``; on a 30 m tower 50 m
+    ahead, 8-20 m to the left; and on the ground. Also (N,) bool: the hits on the wall."""
+    el = np.deg2rad(np.linspace(10.0, -30.0, 32))
+    az = np.deg2rad(np.linspace(-89.0, 89.0, 1024))
+    e, a = (g.ravel() for g in np.meshgrid(el, az, indexing="ij"))
+    r = np.where(e < 0, -1.8 / np.tan(np.minimum(e, -1e-9)), np.inf)  # the ground
+    wall = np.zeros(len(e), bool)
+    for i, (wx, y0, y1, wz) in enumerate(((x, -half_width, half_width, top), (50.0, 8, 20, 30))):
+        rw = wx / np.cos(a)
+        y, z = rw * np.sin(a), rw * np.tan(e)
+        hit = (y >= y0) & (y <= y1) & (z >= -1.8) & (z <= wz) & (rw < r)
+        r = np.where(hit, rw, r)
+        wall = np.where(hit, i == 0, wall)
+    keep = r < 60.0
+    z = np.where(np.isfinite(r), r * np.tan(e), 0.0)
+    return np.c_[r * np.cos(a), r * np.sin(a), z][keep], wall[keep]
+
+
+def _wall_pixels(cam: CameraGeometry, x: float, half_width: float, top: float) -> np.ndarray:
+    """(H, W) bool: the pixels whose ray meets that wall (LiDAR frame, ground at -1.8 m)."""
+    h, w = cam.size
+    v, u = np.mgrid[0:h, 0:w]
+    rays = np.linalg.inv(cam.intrinsics) @ np.stack([u.ravel(), v.ravel(), np.ones(h * w)])
+    lidar_from_cam = np.linalg.inv(cam.cam_from_lidar)
+    origin = lidar_from_cam[:3, 3]
+    d = lidar_from_cam[:3, :3] @ rays
+    t = (x - origin[0]) / np.where(np.abs(d[0]) > 1e-9, d[0], 1e-9)
+    p = origin[:, None] + d * t
+    hit = (t > 0) & (np.abs(p[1]) <= half_width) & (p[2] >= -1.8) & (p[2] <= top)
+    return hit.reshape(h, w)
+
+
+def test_a_mask_climbing_above_the_object_where_the_lidar_saw_nothing_is_cut() -> None:
+    """A low building 40 m away (6 m tall) before a taller one out of the LiDAR's range: the
+    beams above the low one's roof return nothing, so no point labels the decoder's mask
+    climbing the tall one. The pixels above the roof's beams (``above_margin_deg``) leave the
+    mask and the building's stay; with the margin 0 the climb stays. A building the highest
+    beam hits gives no ceiling (what is above it may be it), nor one near the LiDAR's reach."""
+    cam = _front_camera()
+    xyz, segment = _ray_cast_wall(40.0, 5.0, 4.2)
+    truth = _wall_pixels(cam, 40.0, 5.0, 4.2)
+    climb = truth.copy()
+    cols = np.flatnonzero(truth.any(axis=0))
+    climb[: int(np.flatnonzero(truth.any(axis=1)).max()), cols] = True  # up to the image's top
+    assert _iou(climb, truth) < 0.5
+    on = MaskRefineConfig()
+    assert ceiling_points(segment, xyz, on) is not None
+    got = guide_camera_masks({"front": climb}, segment, xyz, {"front": cam}, on, {})["front"]
+    assert _iou(got, truth) > 0.85, _iou(got, truth)
+    assert got[truth].mean() > 0.97  # the building itself is kept
+    off = MaskRefineConfig(above_margin_deg=0.0)
+    kept = guide_camera_masks({"front": climb}, segment, xyz, {"front": cam}, off, {})["front"]
+    assert _iou(kept, truth) < 0.5
+    tall_xyz, tall_seg = _ray_cast_wall(40.0, 5.0, 30.0)
+    assert ceiling_points(tall_seg, tall_xyz, on) is None
+    # 55 m away, near the LiDAR's 60 m reach, the beam over the roof may have met the wall
+    # beyond its reach: no return there is no free space.
+    far_xyz, far_seg = _ray_cast_wall(55.0, 5.0, 4.2)
+    assert ceiling_points(far_seg, far_xyz, on) is None
+
+
+def test_a_users_box_reaching_above_the_ceiling_keeps_the_mask() -> None:
+    """On the frame a user boxes a tall building whose lifted segment is the low one before it,
+    the box says the object reaches above the low one's ceiling: that camera is not cut."""
+    cam = _front_camera()
+    xyz, segment = _ray_cast_wall(40.0, 5.0, 4.2)
+    truth = _wall_pixels(cam, 40.0, 5.0, 4.2)
+    ys, xs = np.nonzero(truth)
+    climb = truth.copy()
+    climb[: ys.max(), xs.min() : xs.max() + 1] = True
+    cut = guide_camera_masks({"front": climb}, segment, xyz, {"front": cam}, MaskRefineConfig(), {})
+    tall_box = CameraPrompt(box=np.array([xs.min(), 0.0, xs.max(), ys.max()], np.float64))
+    low_box = CameraPrompt(box=np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64))
+    for prompt, whole in ((tall_box, True), (low_box, False)):
+        got = guide_camera_masks(
+            {"front": climb},
+            segment,
+            xyz,
+            {"front": cam},
+            MaskRefineConfig(),
+            {},
+            prompts={"front": prompt},
+        )["front"]
+        assert (got.sum() > 0.9 * climb.sum()) == whole
+        assert whole or np.array_equal(got, cut["front"])
+
+
+def test_an_objects_height_is_remembered_when_the_highest_beam_reaches_it() -> None:
+    """The low building seen from 40 m shows free space above it; from 20 m the highest beam
+    (10 degrees) hits its roof and the sweep shows none. :class:`HeightMemory` keeps the
+    height seen from 40 m (world frame: the ego drove 20 m) and cuts the climb from 20 m too;
+    a segment point above that height makes it forget."""
+    cam = _front_camera()
+    memory, config = HeightMemory(), MaskRefineConfig()
+    far_xyz, far_seg = _ray_cast_wall(40.0, 5.0, 4.2)
+    world_from_far = np.eye(4)
+    first = memory.ceiling(7, far_seg, far_xyz, world_from_far, config)
+    assert first is not None and 4.2 < memory.tops[7] < 4.2 + 40.0 * np.tan(np.deg2rad(1.4))
+    near_xyz, near_seg = _ray_cast_wall(20.0, 5.0, 4.2)
+    assert ceiling_points(near_seg, near_xyz, config) is None
+    world_from_near = np.eye(4)
+    world_from_near[0, 3] = 20.0
+    ceiling = memory.ceiling(7, near_seg, near_xyz, world_from_near, config)
+    assert ceiling is not None and np.allclose(ceiling[:, 2], memory.tops[7])
+    truth = _wall_pixels(cam, 20.0, 5.0, 4.2)
+    ys, xs = np.nonzero(truth)
+    climb = truth.copy()
+    climb[: ys.max(), xs.min() : xs.max() + 1] = True
+    got = guide_camera_masks(
+        {"front": climb}, near_seg, near_xyz, {"front": cam}, config, {}, ceiling=ceiling
+    )["front"]
+    assert _iou(got, truth) > 0.85 > _iou(climb, truth)
+    # From 30 m the highest beam hits 5.3 m up a 9 m wall: above the height kept, so the
+    # height seen before was not this object's whole.
+    taller_xyz, taller_seg = _ray_cast_wall(30.0, 5.0, 9.0)
+    world_from_mid = np.eye(4)
+    world_from_mid[0, 3] = 10.0
+    assert memory.ceiling(7, taller_seg, taller_xyz, world_from_mid, config) is None
+    assert 7 not in memory.tops
+    assert memory.ceiling(8, near_seg, near_xyz, world_from_near, config) is None

@@ -23,7 +23,11 @@ SAM 2's post-processing drop sprinkles and fill holes in 2D, with the LiDAR's me
 Camera masks then follow the refined segment where the LiDAR sees (:func:`guided_image_mask`):
 a pixel within ``image_radius_px`` of a projected point takes that point's label (the nearest
 projected point; of points projecting on one pixel, the nearest in depth), the object's or not;
-elsewhere (beyond the sweep's rings, the sky, gaps) the decoder's mask stays. Then one GrabCut
+elsewhere (beyond the sweep's rings, the sky, gaps) the decoder's mask stays, except above the
+object where the LiDAR's next beam up passed over it (:func:`ceiling_points`,
+:func:`above_object`; :class:`HeightMemory` keeps the height for sweeps whose highest beam hits
+the object): no point labels the sky over a car or the taller building behind a low one, but
+the beam that found nothing there says it is not the object. Then one GrabCut
 iteration on the camera image around the object (:func:`grabcut_image_mask`), seeded by the
 pixels where points project (the segment's: object; the others': background) and started from
 that mask, moves the boundary onto the image's edges between the LiDAR's rings. Of the result
@@ -44,7 +48,7 @@ step, run after GrabCut: :func:`~sam4d_core.tracking.boundary_refine.refine_mask
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -54,7 +58,12 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from sam4d_core.modeling.prompts import CameraPrompt, ObjectPrompts
-from sam4d_core.tracking.reprompt import CameraGeometry, project_points, transform_points
+from sam4d_core.tracking.reprompt import (
+    CameraGeometry,
+    project_points,
+    rigid_inverse,
+    transform_points,
+)
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,19 @@ class MaskRefineConfig:
             carried across at the object's depth, when any of it lands in its image
             (:mod:`~sam4d_core.tracking.overlap`): an object in two overlapping cameras.
         carry_default_depth: the depth (m) it is carried at when the segment gives none.
+        above_margin_deg: a guided camera mask keeps no pixel above the next beam over the
+            segment's points in its column, nor less than this (degrees, as the LiDAR sees it)
+            above them, where the LiDAR's beams at the object's range reach higher
+            (:func:`above_object`): the decoder's mask climbing the taller building behind a
+            low one, or into the sky (0 = off).
+        above_min_points: ... for a segment of at least this many points (the beam over a
+            far cyclist may pass beside his head, between its columns).
+        above_columns_px: the ceiling reaches this many pixels beyond the columns the
+            segment's ceiling spans.
+        above_slack_px: and keeps this many pixels above it (a roof's corner between two
+            columns' ceilings).
+        remember_height: the tracker keeps each object's height from the sweeps that show
+            free space above it for those that do not (:class:`HeightMemory`).
         grabcut: refine a guided camera mask with GrabCut on the image (needs the image).
         grabcut_iterations: GrabCut iterations (1 does as well as 5 on the held-out set).
         grabcut_margin_px: the GrabCut region: the mask's and the segment's bounds plus this.
@@ -136,6 +158,11 @@ class MaskRefineConfig:
     prompt_box_margin_px: int = 2
     carry_across: bool = True
     carry_default_depth: float = 50.0
+    above_margin_deg: float = 1.0
+    above_columns_px: int = 8
+    above_min_points: int = 8
+    above_slack_px: int = 3
+    remember_height: bool = True
     grabcut: bool = True
     grabcut_iterations: int = 1
     grabcut_margin_px: int = 15
@@ -157,6 +184,7 @@ class MaskRefineConfig:
         if bad:
             raise ValueError(f"MaskRefineConfig: {', '.join(bad)} out of range")
         counts = (
+            "above_min_points",
             "max_points",
             "image_guide_min_points",
             "image_min_points",
@@ -167,8 +195,14 @@ class MaskRefineConfig:
             raise ValueError(f"MaskRefineConfig: min_overlap in (0, 1], {', '.join(counts)} >= 1")
         if self.grabcut_margin_px < 0 or self.prompt_box_margin_px < 0:
             raise ValueError("MaskRefineConfig: grabcut_margin_px, prompt_box_margin_px >= 0")
-        if self.click_lift_radius_px < 0:
-            raise ValueError("MaskRefineConfig: click_lift_radius_px >= 0")
+        if (
+            min(self.click_lift_radius_px, self.above_margin_deg) < 0
+            or min(self.above_columns_px, self.above_slack_px) < 0
+        ):
+            raise ValueError(
+                "MaskRefineConfig: click_lift_radius_px, above_margin_deg, above_columns_px,"
+                " above_slack_px >= 0"
+            )
 
 
 @dataclass
@@ -563,6 +597,158 @@ def supported_image_mask(mask: np.ndarray, segment: np.ndarray, pixels: PixelPoi
     return _components_holding(mask, seeds)
 
 
+def ceiling_points(
+    segment: np.ndarray, xyz: np.ndarray, config: MaskRefineConfig
+) -> np.ndarray | None:
+    """(M, 3) LiDAR-frame points just above one object, where the LiDAR looked and found nothing
+    of it: for each of the segment's points ((N,) bool over the sweep's (N, 3) ``xyz``) the
+    point on the next beam up (which passed over the object), at least ``above_margin_deg``
+    higher, at its range and bearing. None when the LiDAR's beams at and beyond the object's
+    range reach no higher than that (a building taller than the highest beam), when the object
+    is near the LiDAR's reach (85 % of the sweep's farthest point: the beam over it may have met
+    it beyond), or with fewer than ``above_min_points`` points (a far cyclist's head may lie
+    between the beam's columns).
+    Elevations are seen from the origin of the points' frame: the LiDAR's own frame."""
+    if config.above_margin_deg <= 0 or int(segment.sum()) < config.above_min_points:
+        return None
+    # float32 and tangents (no arctan over the sweep): this runs per object on 100k points.
+    x, y, z = np.asarray(xyz, np.float32)[:, :3].T
+    rng = np.hypot(x, y)
+    r_seg = rng[segment].astype(np.float64)
+    z_seg = z[segment].astype(np.float64)
+    # Near the LiDAR's reach the beam over the object may have met it beyond that reach: no
+    # return there says nothing (the sweep's farthest point stands for the reach).
+    reach2 = float((rng * rng + z * z).max())
+    if (r_seg**2 + z_seg**2).max() > 0.85**2 * reach2:
+        return None
+    # The beams reach above the object: some other point as far or farther is seen higher (as
+    # seen from the frame's origin a LiDAR's beams rise a little towards the sensor, its
+    # emitters being above the origin, so nearer points do not count).
+    band = (rng > r_seg.min() / 1.25) & ~segment
+    band_tan = np.sort(z[band] / rng[band])
+    e_seg = np.arctan2(z_seg, np.maximum(r_seg, 1e-6))
+    margin = np.deg2rad(config.above_margin_deg)
+    if len(band_tan) == 0 or np.arctan(band_tan[-1]) < e_seg.max() + margin:
+        return None
+    # Each point's ceiling: the next beam up where the sweep's elevations are its beams' (a
+    # spinning LiDAR seen from its own centre), at least the margin above it.
+    above = np.searchsorted(band_tan, np.tan(e_seg + np.deg2rad(0.05)), side="right")
+    next_beam = np.arctan(band_tan[np.minimum(above, len(band_tan) - 1)].astype(np.float64))
+    up = np.maximum(next_beam, e_seg + margin)
+    az = np.arctan2(y[segment], x[segment]).astype(np.float64)
+    top = r_seg * np.tan(np.minimum(up, 1.5))
+    return np.stack([r_seg * np.cos(az), r_seg * np.sin(az), top], axis=1)
+
+
+@dataclass
+class HeightMemory:
+    """How high each tracked object reaches, remembered for the sweeps whose beams cannot say.
+
+    A building the LiDAR's highest beam passed over 50 m away is hit by that beam 40 m away:
+    from then on the sweep shows no free space above it, but the object has not grown. The
+    highest of its :func:`ceiling_points` (world frame, z up) is kept from the last sweep that
+    gave them and stands in while the sweeps give none; a segment point above it means the
+    object was not all seen then, and the height is forgotten.
+
+    Attributes:
+        tops: object id -> world-frame height (m) the object does not reach.
+    """
+
+    tops: dict[int, float] = field(default_factory=dict)
+
+    def ceiling(
+        self,
+        object_id: int,
+        segment: np.ndarray,
+        xyz: np.ndarray,
+        world_from_lidar: np.ndarray,
+        config: MaskRefineConfig,
+    ) -> np.ndarray | None:
+        """(M, 3) LiDAR-frame ceiling points of ``object_id`` on this sweep (((N,) bool
+        ``segment`` over the sweep's (N, 3) ``xyz``; ``world_from_lidar``: (4, 4) the sweep's
+        pose): the sweep's own :func:`ceiling_points`, else the segment raised to the
+        remembered height; None when neither exists."""
+        pts = ceiling_points(segment, xyz, config)
+        if pts is not None:
+            self.tops[object_id] = float(transform_points(world_from_lidar, pts)[:, 2].max())
+            return pts
+        top = self.tops.get(object_id)
+        if top is None or not segment.any():
+            return None
+        world = transform_points(world_from_lidar, np.asarray(xyz, np.float64)[segment, :3])
+        if world[:, 2].max() >= top:
+            del self.tops[object_id]
+            return None
+        world[:, 2] = top
+        return transform_points(rigid_inverse(world_from_lidar), world)
+
+    def forget(self, object_id: int) -> None:
+        self.tops.pop(object_id, None)
+
+    def clear(self) -> None:
+        self.tops.clear()
+
+
+def above_object(
+    ceiling: np.ndarray | None, camera: CameraGeometry, config: MaskRefineConfig
+) -> np.ndarray:
+    """(H, W) bool: the pixels of one camera above the object where the LiDAR looked and found
+    nothing of it (the sky over a car, the taller building behind a low one: no point projects
+    there to label them): above the upper hull of the projected ``ceiling`` ((M, 3) LiDAR-frame
+    points, :func:`ceiling_points` or :class:`HeightMemory`), over the columns they span and
+    ``above_columns_px`` either side. Nothing elsewhere, nor without ``ceiling``."""
+    h, w = camera.size
+    none = np.zeros((h, w), bool)
+    if ceiling is None or len(ceiling) == 0:
+        return none
+    uv, front = project_points(ceiling, camera)
+    uv = uv[front]
+    inside = (uv[:, 0] >= -0.5) & (uv[:, 0] < w - 0.5)
+    if not inside.any():
+        return none
+    cols = np.round(uv[inside, 0]).astype(np.int64)
+    top = np.full(w, np.inf)
+    np.minimum.at(top, cols, uv[inside, 1])
+    # The upper hull of the columns' ceilings: a window or dark panel without returns under
+    # the top beam (its column's ceiling a beam lower) is bridged by its neighbours'.
+    hull: list[tuple[float, float]] = []
+    for u in np.flatnonzero(np.isfinite(top)):
+        p = (float(u), float(top[u]))
+        while len(hull) >= 2:
+            (au, av), (bu, bv) = hull[-2], hull[-1]
+            if (bu - au) * (p[1] - av) - (bv - av) * (p[0] - au) > 0:
+                break
+            hull.pop()
+        hull.append(p)
+    hu, hv = np.array(hull).T
+    k = max(int(config.above_columns_px), 0)
+    u = np.arange(w)
+    ceiling = np.where(
+        (u >= hu[0] - k) & (u <= hu[-1] + k),
+        np.floor(np.interp(u, hu, hv)) - config.above_slack_px,
+        -1.0,
+    )
+    return np.arange(h)[:, None] < ceiling[None, :]
+
+
+def prompt_above(prompt: CameraPrompt, above: np.ndarray) -> bool:
+    """Whether the user's prompt in a camera says the object reaches into ``above`` ((H, W)
+    bool, :func:`above_object`): a positive click there, or the box's top (its centre column,
+    a tenth of its height down) there. The segment then is not the object the user framed."""
+    h, w = above.shape
+    spots = []
+    if prompt.points is not None:
+        uv = np.asarray(prompt.points, np.float64).reshape(-1, 2)
+        spots += [tuple(p) for p in uv[np.asarray(prompt.labels).reshape(-1) > 0]]
+    if prompt.box is not None:
+        x0, y0, x1, y1 = np.asarray(prompt.box, np.float64).reshape(4)
+        spots.append(((x0 + x1) / 2, y0 + (y1 - y0) / 10))
+    return any(
+        bool(above[int(np.clip(round(v), 0, h - 1)), int(np.clip(round(u), 0, w - 1))])
+        for u, v in spots
+    )
+
+
 def prompt_constrained_mask(
     mask: np.ndarray, prompt: CameraPrompt, box_margin_px: int = 2
 ) -> np.ndarray:
@@ -601,17 +787,24 @@ def guide_camera_masks(
     cache: dict[str, PixelPoints],
     images: Mapping[str, np.ndarray] | None = None,
     refine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    prompts: Mapping[str, CameraPrompt] | None = None,
+    ceiling: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Camera name -> (H, W) bool: one object's camera masks guided by its refined segment
     ((N,) bool over the sweep's (N, 3) ``xyz``), :func:`guided_image_mask` per camera with a
-    calibration, then :func:`grabcut_image_mask` where ``images`` (camera name -> (H, W, 3)
-    uint8) has the camera's image, then ``refine(image, mask) -> mask`` there when given (the
-    learned boundary refinement, :func:`~sam4d_core.tracking.boundary_refine.refine_mask`),
-    then :func:`supported_image_mask`; ``cache`` keeps each camera's :class:`PixelPoints` for
-    the frame's other objects."""
+    calibration, without what lies :func:`above_object` (the ``ceiling`` points, by default
+    the sweep's :func:`ceiling_points`; not when the user's prompt in that camera on this
+    frame, ``prompts``: camera name -> its prompt, reaches there: :func:`prompt_above`), then
+    :func:`grabcut_image_mask` where ``images`` (camera name -> (H, W, 3) uint8) has the
+    camera's image, then ``refine(image, mask) -> mask`` there when given (the learned boundary
+    refinement, :func:`~sam4d_core.tracking.boundary_refine.refine_mask`), then
+    :func:`supported_image_mask`; ``cache`` keeps each camera's :class:`PixelPoints` for the
+    frame's other objects."""
     out = dict(masks)
     if not config.images or not segment.any():
         return out
+    if ceiling is None:
+        ceiling = ceiling_points(segment, xyz, config)
     for name, mask in masks.items():
         cam = cameras.get(name)
         if cam is None or tuple(mask.shape) != tuple(cam.size):
@@ -623,11 +816,16 @@ def guide_camera_masks(
         if int((segment & pix.seen).sum()) < least:
             continue
         guided = guided_image_mask(mask, segment, pix, least)
+        above = above_object(ceiling, cam, config)
+        if prompts is not None and name in prompts and prompt_above(prompts[name], above):
+            above = np.zeros_like(above)
+        guided = guided & ~above
         image = None if images is None else images.get(name)
         if config.grabcut and image is not None:
             guided = grabcut_image_mask(image, guided, segment, pix, config)
         if refine is not None and image is not None:
             guided = refine(image, guided)
+        guided = guided & ~above
         if config.image_support:
             guided = supported_image_mask(guided, segment, pix)
         out[name] = guided
@@ -769,7 +967,10 @@ __all__ = [
     "MaskRefineConfig",
     "PixelPoints",
     "SegmentAnchor",
+    "HeightMemory",
+    "above_object",
     "anchor_from_prompts",
+    "ceiling_points",
     "box_lifted_row",
     "complete_segment",
     "gate_to_prediction",
@@ -779,6 +980,7 @@ __all__ = [
     "guided_image_mask",
     "lifted_clicks",
     "pixel_points",
+    "prompt_above",
     "prompt_constrained_mask",
     "refine_point_mask",
     "select_segment",

@@ -76,9 +76,11 @@ from sam4d_core.tracking.engine import (
     snap_to_model_grid,
 )
 from sam4d_core.tracking.mask_refine import (
+    HeightMemory,
     MaskRefineConfig,
     PixelPoints,
     anchor_from_prompts,
+    ceiling_points,
     guide_camera_masks,
     lifted_clicks,
     prompt_constrained_mask,
@@ -332,6 +334,7 @@ class StreamingTracker:
         self._next_index = 0
         self._order = 0
         self._reprompter = Reprompter(cfg.reprompt_config) if cfg.reprompt else None
+        self._heights = HeightMemory()
         self._refine_boundary = None
         if cfg.boundary_refine and cfg.refine_masks:  # it refines the masks the segment guides
             refiner = load_mask_refiner(
@@ -530,6 +533,7 @@ class StreamingTracker:
             self._newest_images = {}
             if self._reprompter is not None:
                 self._reprompter.clear()
+            self._heights.clear()
 
     # ------------------------------------------------------------------ internals
     def _prune(self) -> None:
@@ -875,6 +879,26 @@ class StreamingTracker:
     def _forget_motion(self, oid: int) -> None:
         if self._reprompter is not None:
             self._reprompter.forget(oid)
+        self._heights.forget(oid)
+
+    def _ceiling(
+        self, oid: int, segment: np.ndarray, xyz: np.ndarray, world_from_lidar: np.ndarray
+    ) -> np.ndarray | None:
+        """(M, 3) LiDAR-frame points the object does not reach above on this sweep
+        (:class:`~sam4d_core.tracking.mask_refine.HeightMemory`)."""
+        cfg = self.config.mask_refine_config
+        if not cfg.remember_height:
+            return ceiling_points(segment, xyz, cfg)
+        return self._heights.ceiling(oid, segment, xyz, world_from_lidar, cfg)
+
+    @staticmethod
+    def _camera_prompts(
+        prompts: ObjectPrompts | None, names: dict[int, str]
+    ) -> dict[str, CameraPrompt] | None:
+        """Camera name -> the user's prompt in it on a prompted frame (None: none)."""
+        if prompts is None or not prompts.cameras:
+            return None
+        return {names[slot]: cp for slot, cp in prompts.cameras.items() if slot in names}
 
     def _held_to_prompts(
         self,
@@ -939,6 +963,7 @@ class StreamingTracker:
         names: dict[int, str],
         segment: np.ndarray | None,
         xyz: np.ndarray | None,
+        ceiling: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """The camera masks of an object on a frame the user prompted, each prompted camera's
         decoded again on a window around the prompt (:mod:`~sam4d_core.tracking.zoom`; prompted
@@ -994,6 +1019,10 @@ class StreamingTracker:
                     {},
                     {name: view},
                     self._refine_boundary,
+                    {name: prompt_in_window(cp, window, cam.size)}
+                    if slot in prompts.cameras
+                    else None,
+                    ceiling,
                 )[name]
             out[name] = window.paste(out[name], mask)
         return out
@@ -1035,6 +1064,7 @@ class StreamingTracker:
         for i, (st, o) in enumerate(zip(states, outs, strict=True)):
             image_masks = {name: m[i] for name, m in cam_masks.items()}
             seg = (refined or {}).get(st.obj_id)
+            ceiling = None
             if seg is not None and len(seg) == point_masks.shape[1]:
                 point_masks[i], point_scores[i] = _with_refined(
                     point_masks[i], point_scores[i], seg, self.config.mask_threshold
@@ -1042,6 +1072,7 @@ class StreamingTracker:
                 if xyz is None:
                     lid = bf.features.lidar
                     xyz = lid.points_xyz.detach().float().cpu().numpy()  # type: ignore[union-attr]
+                ceiling = self._ceiling(st.obj_id, seg, xyz, bf.world_from_lidar)
                 image_masks = guide_camera_masks(
                     image_masks,
                     seg,
@@ -1051,10 +1082,20 @@ class StreamingTracker:
                     pixels,
                     images,
                     self._refine_boundary,
+                    self._camera_prompts(st.inputs.get(bf.index), names) if o.is_cond else None,
+                    ceiling,
                 )
             if self.config.zoom and o.is_cond and images is not None:
                 image_masks = self._zoomed(
-                    bf, st.inputs.get(bf.index), image_masks, geometry, images, names, seg, xyz
+                    bf,
+                    st.inputs.get(bf.index),
+                    image_masks,
+                    geometry,
+                    images,
+                    names,
+                    seg,
+                    xyz,
+                    ceiling,
                 )
             if self.config.refine_masks and o.is_cond:
                 image_masks = self._held_to_prompts(st.inputs.get(bf.index), image_masks, names)
