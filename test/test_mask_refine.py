@@ -624,20 +624,24 @@ def test_a_tracked_mask_is_kept_near_the_prediction() -> None:
     assert gate_to_prediction(xyz, mask, predicted + [50.0, 0, 0], 1.5) is mask
 
 
-def _ray_cast_wall(x: float, half_width: float, top: float) -> tuple[np.ndarray, np.ndarray]:
+def _ray_cast_wall(
+    x: float, half_width: float, top: float, occluder: tuple | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) hits of a 32-beam LiDAR (10 to -30 degrees, 1024 columns over the front half; z
     up, the ground 1.8 m below it, nothing returns beyond 60 m) on a wall facing it ``x`` m
     ahead, ``half_width`` m either side, from the ground to ``top``; on a 30 m tower 50 m
-    ahead, 8-20 m to the left; and on the ground. Also (N,) bool: the hits on the wall."""
+    ahead, 8-20 m to the left; on ``occluder`` (x, y_min, y_max, z_min, z_max), a panel facing
+    it; and on the ground. Also (N,) bool: the hits on the wall."""
     el = np.deg2rad(np.linspace(10.0, -30.0, 32))
     az = np.deg2rad(np.linspace(-89.0, 89.0, 1024))
     e, a = (g.ravel() for g in np.meshgrid(el, az, indexing="ij"))
     r = np.where(e < 0, -1.8 / np.tan(np.minimum(e, -1e-9)), np.inf)  # the ground
     wall = np.zeros(len(e), bool)
-    for i, (wx, y0, y1, wz) in enumerate(((x, -half_width, half_width, top), (50.0, 8, 20, 30))):
+    walls = [(x, -half_width, half_width, -1.8, top), (50.0, 8, 20, -1.8, 30)]
+    for i, (wx, y0, y1, z0, z1) in enumerate(walls + ([occluder] if occluder else [])):
         rw = wx / np.cos(a)
         y, z = rw * np.sin(a), rw * np.tan(e)
-        hit = (y >= y0) & (y <= y1) & (z >= -1.8) & (z <= wz) & (rw < r)
+        hit = (y >= y0) & (y <= y1) & (z >= z0) & (z <= z1) & (rw < r)
         r = np.where(hit, rw, r)
         wall = np.where(hit, i == 0, wall)
     keep = r < 60.0
@@ -664,7 +668,8 @@ def test_a_mask_climbing_above_the_object_where_the_lidar_saw_nothing_is_cut() -
     beams above the low one's roof return nothing, so no point labels the decoder's mask
     climbing the tall one. The pixels above the roof's beams (``above_margin_deg``) leave the
     mask and the building's stay; with the margin 0 the climb stays. A building the highest
-    beam hits gives no ceiling (what is above it may be it), nor one near the LiDAR's reach."""
+    beam hits gives no ceiling (what is above it may be it), nor one near the LiDAR's reach,
+    nor one whose roof the beams above cannot see past a tree's crown."""
     cam = _front_camera()
     xyz, segment = _ray_cast_wall(40.0, 5.0, 4.2)
     truth = _wall_pixels(cam, 40.0, 5.0, 4.2)
@@ -686,6 +691,12 @@ def test_a_mask_climbing_above_the_object_where_the_lidar_saw_nothing_is_cut() -
     # beyond its reach: no return there is no free space.
     far_xyz, far_seg = _ray_cast_wall(55.0, 5.0, 4.2)
     assert ceiling_points(far_seg, far_xyz, on) is None
+    # A tree's crown 25 m away takes the beams just over the roof: they did not pass over the
+    # building, which may go on behind the crown.
+    crown = (25.0, -4.0, 4.0, 2.0, 6.0)
+    hid_xyz, hid_seg = _ray_cast_wall(40.0, 5.0, 4.2, occluder=crown)
+    assert hid_seg.sum() > 100
+    assert ceiling_points(hid_seg, hid_xyz, on) is None
 
 
 def test_a_users_box_reaching_above_the_ceiling_keeps_the_mask() -> None:
@@ -747,3 +758,31 @@ def test_an_objects_height_is_remembered_when_the_highest_beam_reaches_it() -> N
     assert memory.ceiling(7, taller_seg, taller_xyz, world_from_mid, config) is None
     assert 7 not in memory.tops
     assert memory.ceiling(8, near_seg, near_xyz, world_from_near, config) is None
+
+
+def test_a_users_lidar_box_gives_the_object_it_frames() -> None:
+    """A bird's-eye box drawn tight around a car (under a tree's canopy, the decoder's mask on
+    the car beside it, or empty) gives that car's points, not the canopy over it; a loose box
+    around both cars keeps the one the decoder's mask is on. Only on the sweep the user
+    prompted (``prompted``), and not with ``box_held`` off."""
+    xyz, labels = _scene()
+    rng = np.random.default_rng(3)
+    canopy = np.c_[rng.normal(12, 2.0, 500), rng.normal(0, 2.0, 500), rng.uniform(3.2, 5.0, 500)]
+    xyz = np.concatenate([xyz, canopy])
+    labels = np.r_[labels, np.full(len(canopy), 9)]
+    car = labels == 1
+    lo, hi = xyz[car, :2].min(axis=0), xyz[car, :2].max(axis=0)
+    tight = np.r_[lo, hi]
+    config = MaskRefineConfig()
+    for decoder in (labels == 2, np.zeros(len(xyz), bool), car | (labels == 9)):
+        anchor = SegmentAnchor(bev=(lo + hi) / 2, box=tight, prompted=True)
+        got = refine_point_mask(xyz, decoder, anchor, config)
+        assert _iou(got, car) > 0.95, _iou(got, car)
+    both = np.r_[lo - 0.5, xyz[labels == 2, :2].max(axis=0) + 0.5]
+    anchor = SegmentAnchor(box=both, prompted=True)
+    got = refine_point_mask(xyz, labels == 2, anchor, config)
+    assert _iou(got, labels == 2) > 0.95
+    tracked = SegmentAnchor(bev=(lo + hi) / 2, box=tight, prompted=False)
+    assert _iou(refine_point_mask(xyz, labels == 2, tracked, config), car) < 0.05
+    off = MaskRefineConfig(box_held=False)
+    assert _iou(refine_point_mask(xyz, labels == 2, anchor, off), car) < 0.05

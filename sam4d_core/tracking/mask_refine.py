@@ -20,6 +20,10 @@ SAM 2's post-processing drop sprinkles and fill holes in 2D, with the LiDAR's me
    on clusters it barely touches are dropped. The clusters the 3D clicks land on are always
    taken: a click is on its object (a bush clicked in front of a building the decoder chose).
 
+On the sweep a user prompts with a LiDAR box, the segment is what the box frames instead
+(:func:`boxed_segment`): a box drawn around an object is stronger evidence than the decoder's
+mask.
+
 Camera masks then follow the refined segment where the LiDAR sees (:func:`guided_image_mask`):
 a pixel within ``image_radius_px`` of a projected point takes that point's label (the nearest
 projected point; of points projecting on one pixel, the nearest in depth), the object's or not;
@@ -79,6 +83,9 @@ class MaskRefineConfig:
         clicks_held: a 3D click is on the object: when the mask holds no point within the
             completion's linking distance of any positive 3D click, the segment starts from the
             clicked points instead; the completion always takes the clicked clusters.
+        box_held: on the sweep a user prompts with a LiDAR box, the segment is what the box
+            frames (:func:`boxed_segment`), not the decoder's mask refined.
+        box_margin: ... with the box grown by this much (m) each side.
         click_lift_radius_px: an image click with no sweep point within 4 px is lifted to the
             non-ground point seen nearest it within this many camera pixels (0 = off): a click
             on a pole's lamp or a building's upper floors, above the LiDAR's highest beam,
@@ -140,6 +147,8 @@ class MaskRefineConfig:
     predicted_gate: float = 1.5
     segment_radius: float = 4.0
     clicks_held: bool = True
+    box_held: bool = True
+    box_margin: float = 0.2
     click_segment_radius: float = 2.0
     click_lift_radius_px: float = 16.0
     complete: bool = True
@@ -179,7 +188,9 @@ class MaskRefineConfig:
         )
         bad = [n for n in positive if not getattr(self, n) > 0]
         bad += [
-            n for n in ("link_per_m", "ground_tolerance", "predicted_gate") if getattr(self, n) < 0
+            n
+            for n in ("link_per_m", "ground_tolerance", "predicted_gate", "box_margin")
+            if getattr(self, n) < 0
         ]
         if bad:
             raise ValueError(f"MaskRefineConfig: {', '.join(bad)} out of range")
@@ -219,6 +230,9 @@ class SegmentAnchor:
         prompted: the anchor is a user's prompt on the sweep it was given on (not the
             tracker's re-prompting): its 3D clicks bound the segment to
             ``click_segment_radius``.
+        box: the user's LiDAR box (LiDAR frame, m): (4,) bird's-eye ``[x_min, y_min, x_max,
+            y_max]`` or (6,) ``[x_min, y_min, z_min, x_max, y_max, z_max]``; with ``prompted``
+            the segment is what the box frames (:func:`boxed_segment`).
     """
 
     points: np.ndarray | None = None
@@ -227,6 +241,7 @@ class SegmentAnchor:
     camera: CameraGeometry | None = None
     predicted: np.ndarray | None = None
     prompted: bool = False
+    box: np.ndarray | None = None
 
 
 def anchor_from_prompts(
@@ -246,7 +261,7 @@ def anchor_from_prompts(
     if lp is not None and lp.box is not None:
         b = np.asarray(lp.box, np.float64).reshape(-1)
         half = len(b) // 2
-        return SegmentAnchor(bev=np.array([(b[0] + b[half]) / 2, (b[1] + b[half + 1]) / 2]))
+        return SegmentAnchor(bev=np.array([(b[0] + b[half]) / 2, (b[1] + b[half + 1]) / 2]), box=b)
     by_slot = {c.slot: c for c in cameras}
     boxed: SegmentAnchor | None = None
     for slot, cp in prompts.cameras.items():
@@ -441,6 +456,72 @@ def _farther_than_link(
     return bool(np.all(d > link))
 
 
+def boxed_segment(
+    xyz: np.ndarray, mask: np.ndarray, box: np.ndarray, config: MaskRefineConfig
+) -> np.ndarray | None:
+    """(N,) bool: the object a user's LiDAR box frames ((4,) bird's-eye or (6,) box, LiDAR
+    frame, m; ``box_margin`` around it) on the sweep's (N, 3) ``xyz``: the box's non-ground
+    points on the clusters (the completion's) that lie mostly inside it or make most of what is
+    inside it (a car parked against a hedge), not wholly above the one it holds most of (a
+    canopy's fragments over a car); of those, when the decoder's ``mask`` ((N,) bool) reaches
+    any, the ones linked within 2.5 linking distances to those it reaches (a loose box around
+    two cars); clipped to the box, with the decoder's ground-level points in the box touching
+    them (a wheel). None when the box holds no such point."""
+    b = np.asarray(box, np.float64).reshape(-1)
+    half = len(b) // 2
+    lo, hi = b[:half] - config.box_margin, b[half:] + config.box_margin
+    inside = np.all((xyz[:, :half] >= lo) & (xyz[:, :half] <= hi), axis=1)
+    if not inside.any():
+        return None
+    pad = config.margin
+    region = np.all((xyz[:, :2] >= lo[:2] - pad) & (xyz[:, :2] <= hi[:2] + pad), axis=1)
+    crop = np.flatnonzero(region)
+    if len(crop) > config.max_points:
+        return None
+    p, m, box_in = xyz[crop], mask[crop], inside[crop]
+    ground = ground_points(p, config.ground_cell, config.ground_tolerance)
+    above = np.flatnonzero(~ground)
+    if not box_in[above].any():
+        return None
+    centre = np.r_[(lo[:2] + hi[:2]) / 2, 0.0]
+    link = float(link_distance(np.linalg.norm(centre), config))
+    lab = _components(p[above], link)
+    size = np.bincount(lab)
+    held = np.bincount(lab, weights=box_in[above].astype(np.float64), minlength=len(size))
+    keep = (held >= config.min_overlap * size) | (held >= config.min_overlap * held.sum())
+    keep &= held > 0
+    in_mask = (m & box_in)[above].astype(np.float64)
+    reached = np.bincount(lab, weights=in_mask, minlength=len(size))
+    if not keep.any():
+        return None
+    # Not what lies wholly above the cluster the box holds most of: a canopy's fragments over
+    # a car, a sign over a van.
+    main = np.flatnonzero(keep)[np.argmax(held[keep])]
+    top = p[above[lab == main], 2].max()
+    low_z = np.full(len(size), np.inf)
+    np.minimum.at(low_z, lab, p[above, 2])
+    keep &= low_z <= top + 2 * link
+    # Of two objects in a loose box, the one the decoder reaches, with its pieces (a sparse car
+    # is hit in pieces over a metre apart).
+    cand = np.flatnonzero(keep[lab])
+    if (keep & (reached > 0)).any():
+        joined = _components(p[above[cand]], 2.5 * link)
+        hit = np.unique(joined[reached[lab[cand]] > 0])
+        cand = cand[np.isin(joined, hit)]
+    taken = np.zeros(len(p), bool)
+    taken[above[cand]] = True
+    taken &= box_in
+    if not taken.any():
+        return None
+    low = np.flatnonzero(ground & box_in & m)
+    if len(low):
+        d, _ = cKDTree(p[taken]).query(p[low], distance_upper_bound=link)
+        taken[low[np.isfinite(d)]] = True
+    out = np.zeros(len(xyz), bool)
+    out[crop[taken]] = True
+    return out
+
+
 def refine_point_mask(
     xyz: np.ndarray, mask: np.ndarray, anchor: SegmentAnchor, config: MaskRefineConfig
 ) -> np.ndarray:
@@ -448,6 +529,10 @@ def refine_point_mask(
     refined: its anchor's segment, completed (module docstring)."""
     xyz = np.asarray(xyz, np.float64)[:, :3]
     mask = np.asarray(mask, bool)
+    if config.box_held and anchor.prompted and anchor.box is not None:
+        boxed = boxed_segment(xyz, mask, anchor.box, config)
+        if boxed is not None:
+            return boxed
     clicked = clicked_rows(xyz, anchor, config) if config.clicks_held else np.zeros(0, np.int64)
     if not mask.any() and not len(clicked):
         return mask
@@ -607,7 +692,8 @@ def ceiling_points(
     range reach no higher than that (a building taller than the highest beam), when the object
     is near the LiDAR's reach (85 % of the sweep's farthest point: the beam over it may have met
     it beyond), or with fewer than ``above_min_points`` points (a far cyclist's head may lie
-    between the beam's columns).
+    between the beam's columns). A point whose beam above met something nearer (a tree in
+    front of a facade) gives none: the object may go on behind it.
     Elevations are seen from the origin of the points' frame: the LiDAR's own frame."""
     if config.above_margin_deg <= 0 or int(segment.sum()) < config.above_min_points:
         return None
@@ -636,8 +722,58 @@ def ceiling_points(
     next_beam = np.arctan(band_tan[np.minimum(above, len(band_tan) - 1)].astype(np.float64))
     up = np.maximum(next_beam, e_seg + margin)
     az = np.arctan2(y[segment], x[segment]).astype(np.float64)
+    # Only a column's top point gives a ceiling, and only when the beam above it passed over the
+    # object, not into something in front of it (a tree before a facade).
+    free = ~_blocked_above(x, y, z, rng, segment, az, e_seg, r_seg, up, config)
+    if not free.any():
+        return None
     top = r_seg * np.tan(np.minimum(up, 1.5))
-    return np.stack([r_seg * np.cos(az), r_seg * np.sin(az), top], axis=1)
+    out = np.stack([r_seg * np.cos(az), r_seg * np.sin(az), top], axis=1)
+    return out[free]
+
+
+def _blocked_above(
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    rng: np.ndarray,
+    segment: np.ndarray,
+    az: np.ndarray,
+    e_seg: np.ndarray,
+    r_seg: np.ndarray,
+    up: np.ndarray,
+    config: MaskRefineConfig,
+) -> np.ndarray:
+    """(S,) bool: of the segment's S points (bearing ``az``, elevation ``e_seg``, range
+    ``r_seg``, ceiling elevation ``up``; radians, m), those with a sweep point (``x, y, z,
+    rng``: (N,) float32) within half a degree of bearing and above it up to its ceiling that is
+    the object's own (not its column's top) or nearer by more than the linking distance (the
+    beam over it met an occluder)."""
+    eps = np.deg2rad(0.05)
+    t_lo, t_hi = np.tan(e_seg.min() + eps), np.tan(min(up.max() + eps, 1.5))
+    tan_all = z / np.maximum(rng, 1e-6)
+    near_or_own = (rng < r_seg.max()) | segment
+    cand = np.flatnonzero(near_or_own & (tan_all > t_lo) & (tan_all <= t_hi))
+    blocked = np.zeros(len(az), bool)
+    if len(cand) == 0:
+        return blocked
+    az_c = np.arctan2(y[cand], x[cand]).astype(np.float64)
+    el_c = np.arctan(tan_all[cand].astype(np.float64))
+    r_c = rng[cand].astype(np.float64)
+    seg_c = segment[cand]
+    link = link_distance(r_seg, config)
+    half = np.deg2rad(0.5)
+    for i in range(0, len(az), 256):  # (256, M) at a time
+        sl = slice(i, i + 256)
+        d_az = np.abs((az_c[None, :] - az[sl, None] + np.pi) % (2 * np.pi) - np.pi)
+        hit = (
+            (d_az < half)
+            & (el_c[None, :] > e_seg[sl, None] + eps)
+            & (el_c[None, :] <= up[sl, None] + eps)
+            & (seg_c[None, :] | (r_c[None, :] < (r_seg[sl] - link[sl])[:, None]))
+        )
+        blocked[sl] = hit.any(axis=1)
+    return blocked
 
 
 @dataclass
@@ -972,6 +1108,7 @@ __all__ = [
     "anchor_from_prompts",
     "ceiling_points",
     "box_lifted_row",
+    "boxed_segment",
     "complete_segment",
     "gate_to_prediction",
     "ground_points",
