@@ -928,9 +928,10 @@ def guide_camera_masks(
 ) -> dict[str, np.ndarray]:
     """Camera name -> (H, W) bool: one object's camera masks guided by its refined segment
     ((N,) bool over the sweep's (N, 3) ``xyz``), :func:`guided_image_mask` per camera with a
-    calibration, without what lies :func:`above_object` (the ``ceiling`` points, by default
-    the sweep's :func:`ceiling_points`; not when the user's prompt in that camera on this
-    frame, ``prompts``: camera name -> its prompt, reaches there: :func:`prompt_above`), then
+    calibration, without what lies :func:`above_object` (the ``ceiling`` points, (0, 3) for
+    none, by default the sweep's :func:`ceiling_points`; not when the user's prompt in that
+    camera on this frame, ``prompts``: camera name -> its prompt, reaches there:
+    :func:`prompt_above`), then
     :func:`grabcut_image_mask` where ``images`` (camera name -> (H, W, 3) uint8) has the
     camera's image, then ``refine(image, mask) -> mask`` there when given (the learned boundary
     refinement, :func:`~sam4d_core.tracking.boundary_refine.refine_mask`), then

@@ -883,13 +883,16 @@ class StreamingTracker:
 
     def _ceiling(
         self, oid: int, segment: np.ndarray, xyz: np.ndarray, world_from_lidar: np.ndarray
-    ) -> np.ndarray | None:
+    ) -> np.ndarray:
         """(M, 3) LiDAR-frame points the object does not reach above on this sweep
-        (:class:`~sam4d_core.tracking.mask_refine.HeightMemory`)."""
+        (:class:`~sam4d_core.tracking.mask_refine.HeightMemory`); (0, 3) for none, so that the
+        camera guide does not look for them again."""
         cfg = self.config.mask_refine_config
         if not cfg.remember_height:
-            return ceiling_points(segment, xyz, cfg)
-        return self._heights.ceiling(oid, segment, xyz, world_from_lidar, cfg)
+            out = ceiling_points(segment, xyz, cfg)
+        else:
+            out = self._heights.ceiling(oid, segment, xyz, world_from_lidar, cfg)
+        return np.zeros((0, 3)) if out is None else out
 
     @staticmethod
     def _camera_prompts(
