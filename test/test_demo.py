@@ -364,6 +364,9 @@ def test_prompts_are_checked_against_the_bag() -> None:
     assert list(info.cameras) == list(CAMERAS) and info.fixed_frame == "odom"
     assert len(info.sweep_stamps_ns) == 40 and info.lidar_frame == "lidar"
     assert (info.cameras["front"].width, info.cameras["front"].height) == (480, 288)
+    # The player waits for the node's TF subscriptions too (a sweep before /tf_static is matched
+    # finds no 'lidar' frame and is skipped, with the prompt made on it).
+    assert info.tf_topics == ["/tf", "/tf_static"]
     (p, q) = resolve_prompts([pp("front:320,200@0.3"), pp("lidar:12,-1.5,0.4@0.04")], info)
     assert (p.frame_index, q.frame_index) == (3, 0)
     assert p.stamp_ns == info.sweep_stamps_ns[3]

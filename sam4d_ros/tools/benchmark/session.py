@@ -179,7 +179,7 @@ class BenchSession:
             start_offset_s=start_offset_s,
             # The node's subscriptions (the monitor subscribes to the LiDAR too: 2 there).
             wait_for_subscribers=1 if cams else 2,
-            wait_topics=cams or [info.lidar_topic],
+            wait_topics=cams + info.tf_topics if cams else [info.lidar_topic],
             wait_timeout_s=60.0,
             delay_s=0.5,
             log=None,

@@ -58,6 +58,9 @@ class BagInfo:
     ground_truth: bool
     # /tf_static: child frame -> (parent frame, (4, 4) parent_from_child), for projections.
     static_tf: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    # /tf and /tf_static when played: a sweep that reaches the node before its /tf_static
+    # subscription is matched finds no LiDAR frame and is skipped, with a prompt made on it.
+    tf_topics: list[str] = field(default_factory=list)
 
     def frame_at(self, time_s: float) -> int:
         """Index of the sweep nearest to ``time_s`` seconds into the bag."""
@@ -66,7 +69,8 @@ class BagInfo:
 
     @property
     def sensor_topics(self) -> list[str]:
-        """The node's input topics (the player waits until it has subscribed to them)."""
+        """The node's sensor input topics (the player waits until it has subscribed to them and
+        to ``tf_topics``)."""
         out = [self.lidar_topic]
         for c in self.cameras.values():
             out += [c.subscribed_topic, c.info_topic]
@@ -171,6 +175,7 @@ def inspect_bag(path: str | os.PathLike[str], remap: Mapping[str, str] | None = 
         # Ground truth is read with the bag's own names: only for a bag that needs no remapping.
         ground_truth=gt and not remap,
         static_tf=static,
+        tf_topics=[n for n in (t.tf, t.tf_static) if n in original],
     )
 
 

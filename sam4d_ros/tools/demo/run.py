@@ -120,7 +120,7 @@ def run(
             topics=info.played_topics,
             remap=info.remap,
             wait_for_subscribers=1,
-            wait_topics=info.sensor_topics,
+            wait_topics=info.sensor_topics + info.tf_topics,
             wait_timeout_s=60.0,
             log=None,
         )
