@@ -27,6 +27,7 @@ from sam4d_core.tracking.mask_refine import (
     guide_camera_masks,
     guided_image_mask,
     lifted_clicks,
+    mask_lifted_row,
     pixel_points,
     prompt_constrained_mask,
     refine_point_mask,
@@ -547,6 +548,43 @@ def test_a_box_is_lifted_to_the_object_it_frames_not_what_its_centre_sees() -> N
     assert np.allclose(lifted, xyz[row])
     # A box where no point is seen: nothing to lift.
     assert box_lifted_row(xyz, cam, np.array([0.0, 0, 5, 5]), pix, MaskRefineConfig()) is None
+
+
+def test_a_mask_is_lifted_to_the_point_seen_deepest_inside_it() -> None:
+    """A post 0.3 m wide at 10 m before a wall at 11 m, seen by a camera 0.5 m beside the LiDAR:
+    the post's mask (its true outline in the image) holds wall points at its edge (the LiDAR sees
+    past the post from beside the camera); the lifted click is a post point, and a mask the
+    LiDAR sees nothing in lifts to none."""
+    rng = np.random.default_rng(1)
+
+    def plane(n, x, y, z):
+        return np.c_[rng.uniform(*x, n), rng.uniform(*y, n), rng.uniform(*z, n)]
+
+    post = plane(400, (9.95, 10.0), (-0.15, 0.15), (0.0, 2.5))
+    wall = plane(8000, (11.0, 11.05), (-4, 4), (0.0, 4.0))
+    xyz = np.concatenate([post, wall])
+    on_post = np.r_[np.ones(len(post), bool), np.zeros(len(wall), bool)]
+    cam = _front_camera()
+    cam = CameraGeometry(0, cam.intrinsics, cam.cam_from_lidar.copy(), cam.size)
+    cam.cam_from_lidar[0, 3] -= 0.5  # the camera 0.5 m to the LiDAR's right
+    uv, seen = pr._project(xyz, cam)
+    q = uv[on_post & seen]
+    mask = np.zeros(cam.size, bool)
+    mask[
+        int(np.floor(q[:, 1].min())) : int(np.ceil(q[:, 1].max())) + 1,
+        int(np.floor(q[:, 0].min())) : int(np.ceil(q[:, 0].max())) + 1,
+    ] = True
+    pix = pixel_points(xyz, cam, 4.0)
+    in_mask = np.unique(pix.hit[mask & (pix.hit >= 0)])
+    assert (~on_post[in_mask]).any()  # wall points are seen inside the post's outline
+    row = mask_lifted_row(xyz, cam, mask, pix)
+    assert row is not None and on_post[row]
+    prompts = ObjectPrompts(cameras={0: CameraPrompt(mask=mask)})
+    (lifted,) = lifted_clicks(prompts, xyz, [cam])
+    assert np.allclose(lifted, xyz[row])
+    empty = np.zeros(cam.size, bool)
+    empty[:5, :5] = True
+    assert mask_lifted_row(xyz, cam, empty, pix) is None
 
 
 def test_a_camera_mask_is_guided_by_an_object_of_two_points() -> None:

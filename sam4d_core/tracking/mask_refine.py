@@ -41,8 +41,9 @@ holding a positive click (:func:`prompt_constrained_mask`).
 
 Image prompts can also be lifted to 3D clicks (:func:`lifted_clicks`): the point seen under a
 click (with none there, the non-ground point seen nearest it within ``click_lift_radius_px``:
-a click above the LiDAR's highest beam), or of a box the point cluster it frames
-(:func:`box_lifted_row`).
+a click above the LiDAR's highest beam), of a box the point cluster it frames
+(:func:`box_lifted_row`), and of a mask the point seen deepest inside it
+(:func:`mask_lifted_row`).
 
 Masks only change here: the model's logits, memory and presence are what they were. Nothing here
 is learned; every setting is in :class:`MaskRefineConfig`. The tracker may pass in one learned
@@ -1030,6 +1031,32 @@ def box_lifted_row(
     return int(rows[np.argmin(np.linalg.norm(uv[rows] - centre, axis=1))])
 
 
+def mask_lifted_row(
+    xyz: np.ndarray, camera: CameraGeometry, mask: np.ndarray, pixels: PixelPoints
+) -> int | None:
+    """Row of the (N, 3) sweep point a camera mask ((H, W) bool) shows deepest inside it, None
+    when no point is seen in the mask.
+
+    Of the points nearest the camera on their own pixel (``pixels.hit``) inside the mask, the
+    one farthest from the mask's edge (at most 3 px counted: past that all are inside), then
+    nearest the mask's deepest pixel (SAM's evaluation click). Points on the edge pixels are
+    the last resort: the LiDAR sits apart from the camera and sees past an object's outline
+    onto what lies behind it.
+    """
+    m = np.asarray(mask, bool)
+    if m.shape != pixels.hit.shape or not m.any():
+        return None
+    inside = np.flatnonzero((pixels.hit >= 0).ravel() & m.ravel())
+    if len(inside) == 0:
+        return None
+    depth = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    ys, xs = np.divmod(inside, m.shape[1])
+    deep_y, deep_x = np.unravel_index(int(np.argmax(depth)), m.shape)
+    far = np.hypot(xs - deep_x, ys - deep_y)
+    best = np.lexsort((far, -np.minimum(depth[ys, xs], 3.0)))[0]
+    return int(pixels.hit[ys[best], xs[best]])
+
+
 def _seen_above_ground(
     xyz: np.ndarray, camera: CameraGeometry, pixels: PixelPoints, config: MaskRefineConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1063,10 +1090,11 @@ def lifted_clicks(
     """(P, 3) the sweep points seen under an object's image prompts (model units: camera
     pixels; ``xyz``: (N, 3) LiDAR frame): per positive click the point projecting nearest it
     within ``radius_px`` (of points on one pixel, the nearest in depth), else the non-ground
-    point seen nearest it within ``config.click_lift_radius_px``, and for a box in a
-    camera without one the point of the cluster the box frames (:func:`box_lifted_row`,
-    clustered with ``config``'s settings); clicks with none are skipped. What the user pointed
-    at in the image, as a 3D click for the LiDAR decoder."""
+    point seen nearest it within ``config.click_lift_radius_px``; in a camera without one,
+    for a box the point of the cluster the box frames (:func:`box_lifted_row`, clustered with
+    ``config``'s settings), else for a mask the point seen deepest inside it
+    (:func:`mask_lifted_row`); clicks with none are skipped. What the user pointed at in the
+    image, as a 3D click for the LiDAR decoder."""
     config = config or MaskRefineConfig()
     geometry = {c.slot: c for c in cameras}
     found: list[np.ndarray] = []
@@ -1079,11 +1107,14 @@ def lifted_clicks(
         if cp.points is not None:
             uv = np.asarray(cp.points, np.float64).reshape(-1, 2)
             pos = uv[np.asarray(cp.labels).reshape(-1) > 0]
-        if not len(pos) and cp.box is None:
+        if not len(pos) and cp.box is None and cp.mask is None:
             continue
         pix = pixel_points(xyz, cam, radius_px)
         if not len(pos):
-            row = box_lifted_row(xyz, cam, np.asarray(cp.box), pix, config)
+            if cp.box is not None:
+                row = box_lifted_row(xyz, cam, np.asarray(cp.box), pix, config)
+            else:
+                row = mask_lifted_row(xyz, cam, np.asarray(cp.mask) > 0.5, pix)
             if row is not None:
                 found.append(xyz[row])
             continue
@@ -1117,6 +1148,7 @@ __all__ = [
     "grabcut_image_mask",
     "guided_image_mask",
     "lifted_clicks",
+    "mask_lifted_row",
     "pixel_points",
     "prompt_above",
     "prompt_constrained_mask",

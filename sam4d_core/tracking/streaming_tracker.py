@@ -800,6 +800,10 @@ class StreamingTracker:
             if o.absent:
                 continue
             st = job.state
+            user = _user_point_mask(st.inputs.get(bf.index), len(xyz)) if o.is_cond else None
+            if user is not None:
+                out[st.obj_id] = user  # the user's own segment is the answer (SAM 2's mask)
+                continue
             prompts = job.prompts if job.prompts is not None else st.inputs.get(bf.index)
             anchor = dataclasses.replace(
                 anchor_from_prompts(prompts, bf.cameras),
@@ -853,6 +857,8 @@ class StreamingTracker:
                 if o.is_cond and mask is not None:
                     low = _grown(low)
                 cams = {cam: low[row] for row, cam in enumerate(o.camera_ids)}
+            if o.is_cond:
+                cams = _with_user_masks(cams, job.state.inputs.get(bf.index), bf.num_points)
             if mask is None and masks is not None:
                 mask = masks[i]
             prompted = o.is_cond and job.state.obj_id in refined
@@ -1100,6 +1106,10 @@ class StreamingTracker:
                     xyz,
                     ceiling,
                 )
+            if o.is_cond:
+                # A camera the user drew the mask in shows that mask (SAM 2's mask as output, at
+                # the camera's resolution: the model's grid loses a pole).
+                image_masks.update(_user_camera_masks(st.inputs.get(bf.index), names))
             if self.config.refine_masks and o.is_cond:
                 image_masks = self._held_to_prompts(st.inputs.get(bf.index), image_masks, names)
             if (
@@ -1153,6 +1163,51 @@ class StreamingTracker:
 
 # ---------------------------------------------------------------------------------------------
 # Validation helpers.
+
+
+def _user_point_mask(prompts: ObjectPrompts | None, num_points: int) -> np.ndarray | None:
+    """(N,) bool: the LiDAR mask a user drew on a frame, when the LiDAR has no click or box of
+    theirs there (which the decoder would answer instead); else None."""
+    lp = None if prompts is None else prompts.lidar
+    if lp is None or lp.mask is None or lp.points is not None or lp.box is not None:
+        return None
+    m = np.asarray(lp.mask).reshape(-1)
+    if len(m) != num_points:
+        return None
+    return m.copy() if m.dtype == bool else m > 0.5
+
+
+def _user_camera_masks(
+    prompts: ObjectPrompts | None, names: dict[int, str]
+) -> dict[str, np.ndarray]:
+    """Camera name -> the (H, W) bool mask a user drew there on a frame."""
+    if prompts is None:
+        return {}
+    return {
+        names[slot]: np.asarray(cp.mask) > 0.5
+        for slot, cp in prompts.cameras.items()
+        if cp.mask is not None and slot in names
+    }
+
+
+def _with_user_masks(
+    cams: dict[int, np.ndarray], prompts: ObjectPrompts | None, num_points: int
+) -> dict[int, np.ndarray]:
+    """The camera masks (slot -> (h, w) bool) a user-prompted frame's segment is checked
+    against before it starts the object's motion: none when the user drew the LiDAR mask (it
+    is the segment; the cameras, without memory, hold nothing yet), and in each camera the user
+    drew a mask in, that mask, grown by 2 px (the LiDAR sees an object's edge from beside the
+    camera)."""
+    if prompts is None:
+        return cams
+    if _user_point_mask(prompts, num_points) is not None:
+        return {}
+    out = dict(cams)
+    kernel = np.ones((5, 5), np.uint8)
+    for slot, cp in prompts.cameras.items():
+        if cp.mask is not None:
+            out[slot] = cv2.dilate((np.asarray(cp.mask) > 0.5).astype(np.uint8), kernel) > 0
+    return out
 
 
 def _with_refined(
