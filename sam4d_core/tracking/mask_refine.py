@@ -15,10 +15,12 @@ SAM 2's post-processing drop sprinkles and fill holes in 2D, with the LiDAR's me
    holds nothing near any 3D click lies on a neighbour: the segment starts from the clicked
    points instead.
 2. **complete**: around that segment the sweep is split into clusters of non-ground points
-   (local ground removed, points linked within a distance that grows with range as the LiDAR's
-   rings spread); a cluster mostly inside the segment is taken whole, and the segment's points
-   on clusters it barely touches are dropped. The clusters the 3D clicks land on are always
-   taken: a click is on its object (a bush clicked in front of a building the decoder chose).
+   (local ground removed, where the ground the LiDAR's rings hit nearby is no lower: between
+   the rings, a far car's lowest point is its sill; points linked within a distance that grows
+   with range as the LiDAR's rings spread); a cluster mostly inside the segment is taken
+   whole, and the segment's points on clusters it barely touches are dropped. The clusters the
+   3D clicks land on are always taken: a click is on its object (a bush clicked in front of a
+   building the decoder chose).
 
 On the sweep a user prompts with a LiDAR box, the segment is what the box frames instead
 (:func:`boxed_segment`): a box drawn around an object is stronger evidence than the decoder's
@@ -99,6 +101,11 @@ class MaskRefineConfig:
         link_per_m: ... growing by this much per metre of range (the rings' spacing grows).
         ground_cell: cell size (m) of the local ground height (lowest point of 3 x 3 cells).
         ground_tolerance: points less than this above the local ground are ground (m).
+        ground_rise: the local ground is ground only where it is less than this above the
+            lowest point of the ``ground_reach`` cells around (m): between a far object and the
+            LiDAR's ground rings no cell holds the ground, and the lowest point near a car or a
+            bush is its own bottom. A kerb is lower.
+        ground_reach: cells each side of the wider look (3: 7 x 7 cells).
         margin: the completion looks this far (m) around the segment's bounds.
         min_overlap: a cluster is taken whole when at least this fraction of it is in the
             segment, or when it holds this fraction of the segment's non-ground points.
@@ -157,6 +164,8 @@ class MaskRefineConfig:
     link_per_m: float = 0.04
     ground_cell: float = 1.0
     ground_tolerance: float = 0.25
+    ground_rise: float = 0.2
+    ground_reach: int = 3
     margin: float = 3.0
     min_overlap: float = 0.5
     max_points: int = 20000
@@ -190,7 +199,14 @@ class MaskRefineConfig:
         bad = [n for n in positive if not getattr(self, n) > 0]
         bad += [
             n
-            for n in ("link_per_m", "ground_tolerance", "predicted_gate", "box_margin")
+            for n in (
+                "link_per_m",
+                "ground_tolerance",
+                "ground_rise",
+                "ground_reach",
+                "predicted_gate",
+                "box_margin",
+            )
             if getattr(self, n) < 0
         ]
         if bad:
@@ -341,17 +357,41 @@ def select_segment(
     return out
 
 
-def ground_points(xyz: np.ndarray, cell: float, tolerance: float) -> np.ndarray:
+def ground_points(
+    xyz: np.ndarray,
+    cell: float,
+    tolerance: float,
+    rise: float | None = None,
+    reach: int = 3,
+) -> np.ndarray:
     """(N,) bool: points less than ``tolerance`` above the lowest point of their 3 x 3 cells
-    (``cell`` m, bird's-eye) of (N, 3) ``xyz``, i.e. the local ground."""
+    (``cell`` m, bird's-eye) of (N, 3) ``xyz``, i.e. the local ground; with ``rise``, only
+    where that lowest point is less than ``rise`` above the lowest of the (2 ``reach`` + 1)^2
+    cells around. The nearest cells hold no ground where a far object stands between the
+    LiDAR's ground rings, and their lowest point is the object's own bottom (a car's sill, a
+    bush's lowest ring); the wider look finds the ground the rings hit, while a kerb or a
+    gentle slope stays within ``rise``."""
     if len(xyz) == 0:
         return np.zeros(0, bool)
     ij = np.floor(xyz[:, :2] / cell).astype(np.int64)
     ij -= ij.min(axis=0)
     low = np.full(tuple(ij.max(axis=0) + 1), np.inf)
     np.minimum.at(low, (ij[:, 0], ij[:, 1]), xyz[:, 2])
-    low = ndimage.minimum_filter(low, size=3, mode="constant", cval=np.inf)
-    return xyz[:, 2] < low[ij[:, 0], ij[:, 1]] + tolerance
+    near = ndimage.minimum_filter(low, size=3, mode="constant", cval=np.inf)
+    if rise is not None and reach > 1:
+        wide = ndimage.minimum_filter(low, size=2 * reach + 1, mode="constant", cval=np.inf)
+        near = np.where(near < wide + rise, near, -np.inf)  # an object's bottom: no ground here
+    return xyz[:, 2] < near[ij[:, 0], ij[:, 1]] + tolerance
+
+
+def _ground(xyz: np.ndarray, config: MaskRefineConfig, wide: bool = True) -> np.ndarray:
+    """:func:`ground_points` with ``config``'s settings; ``wide``: with the wider look (for a
+    region around an object, not a camera's narrow view of the sweep, whose wider cells hold
+    only what that view holds)."""
+    rise = config.ground_rise if wide else None
+    return ground_points(
+        xyz, config.ground_cell, config.ground_tolerance, rise, config.ground_reach
+    )
 
 
 def complete_segment(
@@ -372,7 +412,7 @@ def complete_segment(
     if len(crop) > config.max_points:
         return segment
     p, m = xyz[crop], segment[crop]
-    ground = ground_points(p, config.ground_cell, config.ground_tolerance)
+    ground = _ground(p, config)
     above = np.flatnonzero(~ground)
     if len(above) == 0:
         return segment
@@ -480,7 +520,7 @@ def boxed_segment(
     if len(crop) > config.max_points:
         return None
     p, m, box_in = xyz[crop], mask[crop], inside[crop]
-    ground = ground_points(p, config.ground_cell, config.ground_tolerance)
+    ground = _ground(p, config)
     above = np.flatnonzero(~ground)
     if not box_in[above].any():
         return None
@@ -722,37 +762,51 @@ def ceiling_points(
     above = np.searchsorted(band_tan, np.tan(e_seg + np.deg2rad(0.05)), side="right")
     next_beam = np.arctan(band_tan[np.minimum(above, len(band_tan) - 1)].astype(np.float64))
     up = np.maximum(next_beam, e_seg + margin)
-    az = np.arctan2(y[segment], x[segment]).astype(np.float64)
+    rays = _Rays(np.arctan2(y[segment], x[segment]).astype(np.float64), e_seg, r_seg, up)
     # Only a column's top point gives a ceiling, and only when the beam above it passed over the
     # object, not into something in front of it (a tree before a facade).
-    free = ~_blocked_above(x, y, z, rng, segment, az, e_seg, r_seg, up, config)
+    free = ~_blocked_above(_Polar(x, y, z, rng), segment, rays, config)
     if not free.any():
         return None
     top = r_seg * np.tan(np.minimum(up, 1.5))
-    out = np.stack([r_seg * np.cos(az), r_seg * np.sin(az), top], axis=1)
+    out = np.stack([r_seg * np.cos(rays.bearing), r_seg * np.sin(rays.bearing), top], axis=1)
     return out[free]
 
 
+@dataclass(frozen=True)
+class _Polar:
+    """A sweep's N points as seen from the LiDAR's origin: ``x, y, z`` and horizontal range
+    ``rng``, (N,) float32 (m)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    rng: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Rays:
+    """An object's S segment points as rays: ``bearing``, ``elevation`` and ``up`` (the
+    elevation of its ceiling, the next beam over it) in radians, ``range`` (m); (S,) float64."""
+
+    bearing: np.ndarray
+    elevation: np.ndarray
+    range: np.ndarray
+    up: np.ndarray
+
+
 def _blocked_above(
-    x: np.ndarray,
-    y: np.ndarray,
-    z: np.ndarray,
-    rng: np.ndarray,
-    segment: np.ndarray,
-    az: np.ndarray,
-    e_seg: np.ndarray,
-    r_seg: np.ndarray,
-    up: np.ndarray,
-    config: MaskRefineConfig,
+    sweep: _Polar, segment: np.ndarray, rays: _Rays, config: MaskRefineConfig
 ) -> np.ndarray:
-    """(S,) bool: of the segment's S points (bearing ``az``, elevation ``e_seg``, range
-    ``r_seg``, ceiling elevation ``up``; radians, m), those with a sweep point (``x, y, z,
-    rng``: (N,) float32) within half a degree of bearing and above it up to its ceiling that is
+    """(S,) bool: of the segment's S points (``segment``: (N,) bool over the sweep), those
+    with a sweep point within half a degree of bearing and above it up to its ceiling that is
     the object's own (not its column's top) or nearer by more than the linking distance (the
     beam over it met an occluder)."""
     eps = np.deg2rad(0.05)
+    az, e_seg, r_seg, up = rays.bearing, rays.elevation, rays.range, rays.up
+    x, y, rng = sweep.x, sweep.y, sweep.rng
     t_lo, t_hi = np.tan(e_seg.min() + eps), np.tan(min(up.max() + eps, 1.5))
-    tan_all = z / np.maximum(rng, 1e-6)
+    tan_all = sweep.z / np.maximum(rng, 1e-6)
     near_or_own = (rng < r_seg.max()) | segment
     cand = np.flatnonzero(near_or_own & (tan_all > t_lo) & (tan_all <= t_hi))
     blocked = np.zeros(len(az), bool)
@@ -1008,7 +1062,7 @@ def box_lifted_row(
         & (uv[:, 1] >= y0 - bh)
         & (uv[:, 1] <= y1 + bh)
     )
-    above = region[~ground_points(xyz[region], config.ground_cell, config.ground_tolerance)]
+    above = region[~_ground(xyz[region], config, wide=False)]
     cand = cand[np.isin(cand, above)]
     if len(cand) == 0:
         return None
@@ -1063,7 +1117,7 @@ def _seen_above_ground(
     """Rows (K,) of the (N, 3) sweep's non-ground points a camera sees, and their (K, 2)
     pixels."""
     rows = np.flatnonzero(pixels.seen)
-    rows = rows[~ground_points(xyz[rows], config.ground_cell, config.ground_tolerance)]
+    rows = rows[~_ground(xyz[rows], config, wide=False)]
     return rows, _project(xyz[rows], camera)[0]
 
 
