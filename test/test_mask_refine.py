@@ -27,6 +27,7 @@ from sam4d_core.tracking.mask_refine import (
     ground_points,
     guide_camera_masks,
     guided_image_mask,
+    height_over_wide_ground,
     lifted_clicks,
     mask_lifted_row,
     pixel_points,
@@ -195,11 +196,12 @@ def test_ground_points_are_the_local_ground() -> None:
     assert g[lab > 0].mean() < 0.2  # the cars' lowest band only
 
 
-def test_a_far_cars_lowest_ring_is_not_taken_for_ground() -> None:
+def test_a_far_cars_lowest_ring_is_completed_though_taken_for_ground() -> None:
     """A car 28-31 m out (the LiDAR's ground rings at 25 m and, beside the car, 30.5 m), next to
-    a kerb 0.15 m high: no cell within 1 m of the car holds the ground, so the local ground was
-    the car's own sill and the ring across its lower body (0.3-0.5 m up) was ground, and left
-    out of its segment. The wider look finds the road's rings; the kerb stays ground."""
+    a kerb 0.15 m high: no cell within 1 m of the car holds the ground, so the local ground is
+    the car's own sill and the ring across its lower body (0.3-0.5 m up) is taken for ground;
+    the completion left it out of the car's segment. It stands 0.4 m over the rings' ground
+    nearby and touches the car: it is taken back; the kerb is not."""
     rng = np.random.default_rng(3)
     y = rng.uniform(-6, 6, 600)
     beside = np.abs(y) > 1.6  # the car hides its own ring's middle
@@ -210,20 +212,24 @@ def test_a_far_cars_lowest_ring_is_not_taken_for_ground() -> None:
         ]
     )
     kerb = np.c_[rng.uniform(20, 36, 2000), rng.uniform(3.5, 8, 2000), np.full(2000, -1.75)]
-    # The car's rings: one across its lower body, two on its side and roof.
+    # The car's rings: one across its lower body (the rear), others on its sides and roof.
     low = np.c_[np.full(12, 28.0), np.linspace(-0.9, 0.9, 12), np.full(12, -1.5)]
-    side = np.c_[rng.uniform(28.2, 31, 30), np.full(30, -0.9), rng.uniform(-1.45, -0.6, 30)]
+    side = np.c_[
+        rng.uniform(28.2, 31, 60), np.repeat([-0.9, 0.9], 30), rng.uniform(-1.45, -0.6, 60)
+    ]
     roof = np.c_[rng.uniform(29, 30.5, 20), rng.uniform(-0.9, 0.9, 20), np.full(20, -0.45)]
     xyz = np.concatenate([road, kerb, low, side, roof])
-    car = np.r_[np.zeros(len(road) + len(kerb), bool), np.ones(len(low) + 38 + 12, bool)]
-    assert ground_points(xyz, 1.0, 0.25)[car].sum() >= 12  # the sill as the ground: the ring
-    g = ground_points(xyz, 1.0, 0.25, rise=0.2, reach=3)
-    assert not g[car].any() and g[~car].all()
-    cfg = MaskRefineConfig()
+    n_bg = len(road) + len(kerb)
+    car = np.r_[np.zeros(n_bg, bool), np.ones(len(low) + len(side) + len(roof), bool)]
+    assert ground_points(xyz, 1.0, 0.25)[n_bg : n_bg + len(low)].all()  # the sill as the ground
+    over = height_over_wide_ground(xyz, 1.0, 3)
+    assert (over[n_bg : n_bg + len(low)] > 0.35).all() and (over[len(road) : n_bg] < 0.2).all()
     seg = np.zeros(len(xyz), bool)
-    seg[len(road) + len(kerb) + len(low) :] = True  # the decoder found the side and the roof
-    done = complete_segment(xyz, seg, cfg)
+    seg[n_bg + len(low) :] = True  # the decoder found the side and the roof
+    done = complete_segment(xyz, seg, MaskRefineConfig())
     assert np.array_equal(done, car), (int(done[car].sum()), int(car.sum()), int(done[~car].sum()))
+    off = complete_segment(xyz, seg, MaskRefineConfig(ground_rise=0.0))
+    assert not off[n_bg : n_bg + len(low)].any()
 
 
 def test_camera_masks_follow_the_segment_where_the_lidar_sees() -> None:

@@ -15,12 +15,13 @@ SAM 2's post-processing drop sprinkles and fill holes in 2D, with the LiDAR's me
    holds nothing near any 3D click lies on a neighbour: the segment starts from the clicked
    points instead.
 2. **complete**: around that segment the sweep is split into clusters of non-ground points
-   (local ground removed, where the ground the LiDAR's rings hit nearby is no lower: between
-   the rings, a far car's lowest point is its sill; points linked within a distance that grows
-   with range as the LiDAR's rings spread); a cluster mostly inside the segment is taken
+   (local ground removed; points linked within a distance that grows with range as the
+   LiDAR's rings spread); a cluster mostly inside the segment is taken
    whole, and the segment's points on clusters it barely touches are dropped. The clusters the
    3D clicks land on are always taken: a click is on its object (a bush clicked in front of a
-   building the decoder chose).
+   building the decoder chose). Points taken for ground that touch what was taken are added
+   when they are the segment's (a wheel) or stand clear of the ground the rings hit nearby
+   (between the rings the local ground is a far car's sill or a bush's lowest ring).
 
 On the sweep a user prompts with a LiDAR box, the segment is what the box frames instead
 (:func:`boxed_segment`): a box drawn around an object is stronger evidence than the decoder's
@@ -101,11 +102,12 @@ class MaskRefineConfig:
         link_per_m: ... growing by this much per metre of range (the rings' spacing grows).
         ground_cell: cell size (m) of the local ground height (lowest point of 3 x 3 cells).
         ground_tolerance: points less than this above the local ground are ground (m).
-        ground_rise: the local ground is ground only where it is less than this above the
-            lowest point of the ``ground_reach`` cells around (m): between a far object and the
-            LiDAR's ground rings no cell holds the ground, and the lowest point near a car or a
-            bush is its own bottom. A kerb is lower.
-        ground_reach: cells each side of the wider look (3: 7 x 7 cells).
+        ground_rise: the completion also takes the local ground's points touching what it took
+            when they stand at least this high (m) over the lowest point of the
+            ``ground_reach`` cells around: between a far object and the LiDAR's ground rings no
+            cell holds the ground, and the lowest point near a car or a bush is its own bottom.
+            0 = off.
+        ground_reach: cells each side of that wider look (3: 7 x 7 cells).
         margin: the completion looks this far (m) around the segment's bounds.
         min_overlap: a cluster is taken whole when at least this fraction of it is in the
             segment, or when it holds this fraction of the segment's non-ground points.
@@ -357,41 +359,38 @@ def select_segment(
     return out
 
 
-def ground_points(
-    xyz: np.ndarray,
-    cell: float,
-    tolerance: float,
-    rise: float | None = None,
-    reach: int = 3,
-) -> np.ndarray:
+def ground_points(xyz: np.ndarray, cell: float, tolerance: float) -> np.ndarray:
     """(N,) bool: points less than ``tolerance`` above the lowest point of their 3 x 3 cells
-    (``cell`` m, bird's-eye) of (N, 3) ``xyz``, i.e. the local ground; with ``rise``, only
-    where that lowest point is less than ``rise`` above the lowest of the (2 ``reach`` + 1)^2
-    cells around. The nearest cells hold no ground where a far object stands between the
-    LiDAR's ground rings, and their lowest point is the object's own bottom (a car's sill, a
-    bush's lowest ring); the wider look finds the ground the rings hit, while a kerb or a
-    gentle slope stays within ``rise``."""
+    (``cell`` m, bird's-eye) of (N, 3) ``xyz``, i.e. the local ground."""
     if len(xyz) == 0:
         return np.zeros(0, bool)
+    ij, low = _cell_lows(xyz, cell)
+    near = ndimage.minimum_filter(low, size=3, mode="constant", cval=np.inf)
+    return xyz[:, 2] < near[ij[:, 0], ij[:, 1]] + tolerance
+
+
+def height_over_wide_ground(xyz: np.ndarray, cell: float, reach: int) -> np.ndarray:
+    """(N,) m: each of the (N, 3) points' height over the lowest point of the (2 ``reach`` +
+    1)^2 cells (``cell`` m) around it."""
+    if len(xyz) == 0:
+        return np.zeros(0)
+    ij, low = _cell_lows(xyz, cell)
+    wide = ndimage.minimum_filter(low, size=2 * reach + 1, mode="constant", cval=np.inf)
+    return xyz[:, 2] - wide[ij[:, 0], ij[:, 1]]
+
+
+def _cell_lows(xyz: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) bird's-eye cell of each point and the grid of each cell's lowest z (inf: none)."""
     ij = np.floor(xyz[:, :2] / cell).astype(np.int64)
     ij -= ij.min(axis=0)
     low = np.full(tuple(ij.max(axis=0) + 1), np.inf)
     np.minimum.at(low, (ij[:, 0], ij[:, 1]), xyz[:, 2])
-    near = ndimage.minimum_filter(low, size=3, mode="constant", cval=np.inf)
-    if rise is not None and reach > 1:
-        wide = ndimage.minimum_filter(low, size=2 * reach + 1, mode="constant", cval=np.inf)
-        near = np.where(near < wide + rise, near, -np.inf)  # an object's bottom: no ground here
-    return xyz[:, 2] < near[ij[:, 0], ij[:, 1]] + tolerance
+    return ij, low
 
 
-def _ground(xyz: np.ndarray, config: MaskRefineConfig, wide: bool = True) -> np.ndarray:
-    """:func:`ground_points` with ``config``'s settings; ``wide``: with the wider look (for a
-    region around an object, not a camera's narrow view of the sweep, whose wider cells hold
-    only what that view holds)."""
-    rise = config.ground_rise if wide else None
-    return ground_points(
-        xyz, config.ground_cell, config.ground_tolerance, rise, config.ground_reach
-    )
+def _ground(xyz: np.ndarray, config: MaskRefineConfig) -> np.ndarray:
+    """:func:`ground_points` with ``config``'s settings."""
+    return ground_points(xyz, config.ground_cell, config.ground_tolerance)
 
 
 def complete_segment(
@@ -430,9 +429,15 @@ def complete_segment(
         keep[on] = True
     taken = np.zeros(len(p), bool)
     taken[above[keep[lab]]] = True
-    # The segment's ground-level points stay when they touch what was taken (a wheel, a foot).
-    if taken.any() and (ground & m).any():
-        low = np.flatnonzero(ground & m)
+    # The segment's ground-level points stay when they touch what was taken (a wheel, a foot),
+    # and so do points taken for ground that stand clear of the ground the LiDAR's rings hit
+    # nearby: between those rings the local ground is a far car's sill or a bush's lowest ring.
+    low = ground & m
+    if config.ground_rise > 0 and config.ground_reach > 0:
+        lifted = height_over_wide_ground(p, config.ground_cell, config.ground_reach)
+        low |= ground & (lifted >= config.ground_rise)
+    if taken.any() and low.any():
+        low = np.flatnonzero(low)
         d, _ = cKDTree(p[taken]).query(p[low], distance_upper_bound=link)
         taken[low[np.isfinite(d)]] = True
     if not taken.any():
@@ -1062,7 +1067,7 @@ def box_lifted_row(
         & (uv[:, 1] >= y0 - bh)
         & (uv[:, 1] <= y1 + bh)
     )
-    above = region[~_ground(xyz[region], config, wide=False)]
+    above = region[~_ground(xyz[region], config)]
     cand = cand[np.isin(cand, above)]
     if len(cand) == 0:
         return None
@@ -1117,7 +1122,7 @@ def _seen_above_ground(
     """Rows (K,) of the (N, 3) sweep's non-ground points a camera sees, and their (K, 2)
     pixels."""
     rows = np.flatnonzero(pixels.seen)
-    rows = rows[~_ground(xyz[rows], config, wide=False)]
+    rows = rows[~_ground(xyz[rows], config)]
     return rows, _project(xyz[rows], camera)[0]
 
 
@@ -1198,6 +1203,7 @@ __all__ = [
     "complete_segment",
     "gate_to_prediction",
     "ground_points",
+    "height_over_wide_ground",
     "guide_camera_masks",
     "grabcut_image_mask",
     "guided_image_mask",
