@@ -14,7 +14,11 @@ import torch
 from sam4d_core.build_sam import build_sam4d
 from sam4d_core.data.sequence import Frame, Sequence
 from sam4d_core.data.synthetic import SyntheticGenerator, generate_sequence, make_config
-from sam4d_core.evaluation.first_frame_prompts import ObjectVisibility, make_first_frame_prompt
+from sam4d_core.evaluation.first_frame_prompts import (
+    FirstFramePrompt,
+    ObjectVisibility,
+    make_first_frame_prompt,
+)
 from sam4d_core.modeling.sam4d_base import SAM4D
 from sam4d_core.tracking.records import LidarPrompt, ObjectPrompt
 from sam4d_core.tracking.reprompt import (
@@ -536,6 +540,23 @@ def test_an_unsupported_prediction_is_searched_again_before_the_object_is_lost()
 BUNDLED = Path(__file__).resolve().parents[1] / "sam4d_core/weights/sam4d_small_synthetic.pt"
 
 
+def _bundled_tracker() -> StreamingTracker:
+    """The bundled model in the node's default tracker."""
+    model = build_sam4d(checkpoint=str(BUNDLED), device="cpu").eval()
+    cfg = TrackerConfig(
+        reprompt=True, refine_masks=True, lift_image_clicks=True, zoom=True, boundary_refine=True
+    )
+    return StreamingTracker(model, cfg)
+
+
+def _as_object_1(first: FirstFramePrompt | None) -> ObjectPrompt:
+    """An evaluation prompt as the tracker's prompt of object 1."""
+    assert first is not None
+    prompt = first.to_object_prompt()
+    prompt.object_id = 1
+    return prompt
+
+
 @pytest.mark.skipif(not BUNDLED.is_file(), reason=f"bundled model missing: {BUNDLED}")
 def test_a_small_object_boxed_by_the_user_starts_its_motion() -> None:
     """A held-out tree of 5 LiDAR points boxed in the image (seed 950020, object 53): the
@@ -545,14 +566,8 @@ def test_a_small_object_boxed_by_the_user_starts_its_motion() -> None:
     reads those cells grown by one, and the tree is followed."""
     seq = generate_sequence(make_config("bundled_sample", seed=950020, num_frames=4))
     t0 = ObjectVisibility(seq).first_appearance(53, "img", 30, 10)
-    first = make_first_frame_prompt(seq.frames[t0], 53, "box", "img", frame_index=t0)
-    prompt = first.to_object_prompt()
-    prompt.object_id = 1
-    model = build_sam4d(checkpoint=str(BUNDLED), device="cpu").eval()
-    cfg = TrackerConfig(
-        reprompt=True, refine_masks=True, lift_image_clicks=True, zoom=True, boundary_refine=True
-    )
-    tr = StreamingTracker(model, cfg)
+    prompt = _as_object_1(make_first_frame_prompt(seq.frames[t0], 53, "box", "img", t0))
+    tr = _bundled_tracker()
     tr.step(seq.frames[t0])
     tr.add_prompts([prompt])
     for t in (t0 + 1, t0 + 2):
@@ -579,14 +594,8 @@ def test_a_users_mask_is_the_answer_and_the_object_is_followed(
         make_config("bundled_sample", seed=seed, num_frames=20, name=f"bundled_sample_{seed}")
     )
     frames = [gen.render(t).frame for t in range(3)]
-    first = make_first_frame_prompt(frames[0], oid, "mask", modality, frame_index=0)
-    prompt = first.to_object_prompt()
-    prompt.object_id = 1
-    model = build_sam4d(checkpoint=str(BUNDLED), device="cpu").eval()
-    cfg = TrackerConfig(
-        reprompt=True, refine_masks=True, lift_image_clicks=True, zoom=True, boundary_refine=True
-    )
-    tr = StreamingTracker(model, cfg)
+    prompt = _as_object_1(make_first_frame_prompt(frames[0], oid, "mask", modality, 0))
+    tr = _bundled_tracker()
     tr.step(frames[0])
     (obj,) = tr.add_prompts([prompt]).objects
     gt = frames[0].point_labels == oid
