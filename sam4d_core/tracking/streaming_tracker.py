@@ -858,7 +858,7 @@ class StreamingTracker:
                     low = _grown(low)
                 cams = {cam: low[row] for row, cam in enumerate(o.camera_ids)}
             if o.is_cond:
-                cams = _with_user_masks(cams, job.state.inputs.get(bf.index), bf.num_points)
+                cams = _with_user_masks(cams, job.state.inputs.get(bf.index))
             if mask is None and masks is not None:
                 mask = masks[i]
             prompted = o.is_cond and job.state.obj_id in refined
@@ -1109,7 +1109,13 @@ class StreamingTracker:
             if o.is_cond:
                 # A camera the user drew the mask in shows that mask (SAM 2's mask as output, at
                 # the camera's resolution: the model's grid loses a pole).
-                image_masks.update(_user_camera_masks(st.inputs.get(bf.index), names))
+                image_masks.update(
+                    {
+                        names[slot]: m
+                        for slot, m in _user_camera_masks(st.inputs.get(bf.index)).items()
+                        if slot in names
+                    }
+                )
             if self.config.refine_masks and o.is_cond:
                 image_masks = self._held_to_prompts(st.inputs.get(bf.index), image_masks, names)
             if (
@@ -1162,52 +1168,58 @@ class StreamingTracker:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation helpers.
+# A user's masks.
+
+
+def _lidar_mask_alone(prompts: ObjectPrompts | None) -> bool:
+    """A user drew the LiDAR mask, with no click or box of theirs in the LiDAR (which the
+    decoder would answer instead)."""
+    lp = None if prompts is None else prompts.lidar
+    return lp is not None and lp.mask is not None and lp.points is None and lp.box is None
 
 
 def _user_point_mask(prompts: ObjectPrompts | None, num_points: int) -> np.ndarray | None:
-    """(N,) bool: the LiDAR mask a user drew on a frame, when the LiDAR has no click or box of
-    theirs there (which the decoder would answer instead); else None."""
-    lp = None if prompts is None else prompts.lidar
-    if lp is None or lp.mask is None or lp.points is not None or lp.box is not None:
+    """(N,) bool: the LiDAR mask a user drew on a frame (:func:`_lidar_mask_alone`); else
+    None."""
+    if not _lidar_mask_alone(prompts):
         return None
-    m = np.asarray(lp.mask).reshape(-1)
+    m = np.asarray(prompts.lidar.mask).reshape(-1)  # type: ignore[union-attr]
     if len(m) != num_points:
         return None
     return m.copy() if m.dtype == bool else m > 0.5
 
 
-def _user_camera_masks(
-    prompts: ObjectPrompts | None, names: dict[int, str]
-) -> dict[str, np.ndarray]:
-    """Camera name -> the (H, W) bool mask a user drew there on a frame."""
+def _user_camera_masks(prompts: ObjectPrompts | None) -> dict[int, np.ndarray]:
+    """Camera slot -> the (H, W) bool mask a user drew there on a frame."""
     if prompts is None:
         return {}
     return {
-        names[slot]: np.asarray(cp.mask) > 0.5
+        slot: np.asarray(cp.mask) > 0.5
         for slot, cp in prompts.cameras.items()
-        if cp.mask is not None and slot in names
+        if cp.mask is not None
     }
 
 
 def _with_user_masks(
-    cams: dict[int, np.ndarray], prompts: ObjectPrompts | None, num_points: int
+    cams: dict[int, np.ndarray], prompts: ObjectPrompts | None
 ) -> dict[int, np.ndarray]:
     """The camera masks (slot -> (h, w) bool) a user-prompted frame's segment is checked
     against before it starts the object's motion: none when the user drew the LiDAR mask (it
     is the segment; the cameras, without memory, hold nothing yet), and in each camera the user
     drew a mask in, that mask, grown by 2 px (the LiDAR sees an object's edge from beside the
     camera)."""
-    if prompts is None:
-        return cams
-    if _user_point_mask(prompts, num_points) is not None:
+    if _lidar_mask_alone(prompts):
         return {}
-    out = dict(cams)
     kernel = np.ones((5, 5), np.uint8)
-    for slot, cp in prompts.cameras.items():
-        if cp.mask is not None:
-            out[slot] = cv2.dilate((np.asarray(cp.mask) > 0.5).astype(np.uint8), kernel) > 0
-    return out
+    grown = {
+        slot: cv2.dilate(m.astype(np.uint8), kernel) > 0
+        for slot, m in _user_camera_masks(prompts).items()
+    }
+    return {**cams, **grown}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers.
 
 
 def _with_refined(
