@@ -35,6 +35,7 @@ from sam4d_core.tracking.mask_refine import (
     refine_point_mask,
     select_segment,
     supported_image_mask,
+    unseen_pixels,
 )
 from sam4d_core.tracking.records import ImagePrompt, ObjectPrompt
 from sam4d_core.tracking.records import LidarPrompt as RecordLidarPrompt
@@ -196,6 +197,44 @@ def test_ground_points_are_the_local_ground() -> None:
     assert g[lab > 0].mean() < 0.2  # the cars' lowest band only
 
 
+def _road_and_car(step: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """A flat road (z = 0, 16 x 12 m, a point every ``step`` m) and a car on it at 9 m
+    (:func:`_box`); (N, 3) points and (N,) bool: the car's."""
+    rng = np.random.default_rng(3)
+    xs, ys = np.meshgrid(np.arange(0.0, 16.0, step), np.arange(-6.0, 6.0, step), indexing="ij")
+    road = np.c_[xs.ravel(), ys.ravel(), rng.normal(0, 0.01, xs.size)]
+    car = _box(rng, (9.0, 0.0))
+    return np.concatenate([road, car]), np.r_[np.zeros(len(road), bool), np.ones(len(car), bool)]
+
+
+def test_a_reflection_under_the_road_does_not_lift_the_road_off_the_ground() -> None:
+    """The LiDAR's multipath image of a shiny car, 27 points 1.4 m under the road behind it
+    (seen on KITTI): the road around them is still ground, and so are they."""
+    xyz, car = _road_and_car()
+    rng = np.random.default_rng(4)
+    sink = np.c_[rng.uniform(6.2, 6.8, 27), rng.uniform(-0.7, 0.5, 27), np.full(27, -1.4)]
+    pts = np.concatenate([xyz, sink])
+    g = ground_points(pts, 1.0, 0.25)
+    assert g[: len(xyz)][~car].all() and g[len(xyz) :].all()
+    assert not g[: len(xyz)][car].any() or g[: len(xyz)][car].mean() < 0.2  # the car's sill
+
+
+def test_a_mask_spread_over_the_road_is_completed_around_the_object() -> None:
+    """The decoder's mask of a car ahead takes the road 3 m around it, more points in its
+    bounds than the completion clusters: the completion then looks around the mask's points
+    above their own ground, and returns the car and the road within one link of it, not the
+    road 3 m away (before, the mask as it was)."""
+    xyz, car = _road_and_car()
+    spread = car | ((np.abs(xyz[:, 0] - 9.0) < 5.0) & (np.abs(xyz[:, 1]) < 4.0))
+    cfg = MaskRefineConfig(max_points=3000)
+    lo, hi = xyz[spread].min(0) - cfg.margin, xyz[spread].max(0) + cfg.margin
+    assert np.all((xyz >= lo) & (xyz <= hi), axis=1).sum() > cfg.max_points
+    out = complete_segment(xyz, spread, cfg)
+    assert out[car].all()
+    far = (np.abs(xyz[:, 0] - 9.0) > 2.25 + 1.0) | (np.abs(xyz[:, 1]) > 0.9 + 1.0)
+    assert not (out & far).any() and (spread & far).sum() > 500
+
+
 def test_a_far_cars_lowest_ring_is_completed_though_taken_for_ground() -> None:
     """A car 28-31 m out (the LiDAR's ground rings at 25 m and, beside the car, 30.5 m), next to
     a kerb 0.15 m high: no cell within 1 m of the car holds the ground, so the local ground is
@@ -259,10 +298,10 @@ def test_camera_masks_follow_the_segment_where_the_lidar_sees() -> None:
     few[np.flatnonzero(car & seen)[:3]] = True
     assert np.array_equal(guided_image_mask(mask, few, pix, min_points=5), mask)
     # Through the per-camera entry point, with its cache; a camera without calibration stays.
+    # (The scene's points are scattered, not a LiDAR's scan: no free space is read from them.)
+    cfg = MaskRefineConfig(free_space_deg=0.0)
     cache: dict = {}
-    got = guide_camera_masks(
-        {"front": mask, "rear": mask}, car, xyz, {"front": cam}, MaskRefineConfig(), cache
-    )
+    got = guide_camera_masks({"front": mask, "rear": mask}, car, xyz, {"front": cam}, cfg, cache)
     assert got["rear"] is mask and set(cache) == {"front"}
     # ... and only the parts of the mask holding one of the car's points: the sky patch goes.
     assert np.array_equal(got["front"], supported_image_mask(out, car, pix))
@@ -270,7 +309,12 @@ def test_camera_masks_follow_the_segment_where_the_lidar_sees() -> None:
     kept_on_car = [got["front"][v, u] for (v, u), obj in labels_at.items() if obj == 1]
     assert np.mean(kept_on_car) >= np.mean([out[v, u] for (v, u), o in labels_at.items() if o == 1])
     kept = guide_camera_masks(
-        {"front": mask}, car, xyz, {"front": cam}, MaskRefineConfig(image_support=False), {}
+        {"front": mask},
+        car,
+        xyz,
+        {"front": cam},
+        MaskRefineConfig(image_support=False, free_space_deg=0.0),
+        {},
     )
     assert np.array_equal(kept["front"], out)
 
@@ -758,7 +802,9 @@ def test_a_mask_climbing_above_the_object_where_the_lidar_saw_nothing_is_cut() -
     got = guide_camera_masks({"front": climb}, segment, xyz, {"front": cam}, on, {})["front"]
     assert _iou(got, truth) > 0.85, _iou(got, truth)
     assert got[truth].mean() > 0.97  # the building itself is kept
-    off = MaskRefineConfig(above_margin_deg=0.0)
+    # The beams over the roof got nothing back, so the climb is also where the LiDAR saw
+    # nothing (:func:`unseen_pixels`); with both off it stays.
+    off = MaskRefineConfig(above_margin_deg=0.0, free_space_deg=0.0)
     kept = guide_camera_masks({"front": climb}, segment, xyz, {"front": cam}, off, {})["front"]
     assert _iou(kept, truth) < 0.5
     tall_xyz, tall_seg = _ray_cast_wall(40.0, 5.0, 30.0)
@@ -773,6 +819,42 @@ def test_a_mask_climbing_above_the_object_where_the_lidar_saw_nothing_is_cut() -
     hid_xyz, hid_seg = _ray_cast_wall(40.0, 5.0, 4.2, occluder=crown)
     assert hid_seg.sum() > 100
     assert ceiling_points(hid_seg, hid_xyz, on) is None
+
+
+def test_a_mask_spilling_where_the_lidar_got_nothing_back_is_cut() -> None:
+    """A post 30 m ahead (0.6 m wide) before nothing the LiDAR reaches: the decoder's mask
+    spills 80 px to its right, where no point labels the pixels. The LiDAR looked there (between
+    its lowest and highest returns) and got nothing back, so the spill farther than
+    ``free_space_deg`` from every projected point leaves the mask and the post stays; with the
+    angle 0 the spill stays. An object near the LiDAR's reach keeps it (nothing returns from
+    beyond the reach either)."""
+    cam = _front_camera()
+    xyz, segment = _ray_cast_wall(30.0, 0.3, 6.0)
+    truth = _wall_pixels(cam, 30.0, 0.3, 6.0)
+    ys, xs = np.nonzero(truth)
+    horizon = 192 - 2  # above it the beams beside the post meet nothing within 60 m
+    spill = truth.copy()
+    spill[ys.min() : horizon, xs.max() : xs.max() + 80] = True
+    assert _iou(spill, truth) < 0.3
+    on = MaskRefineConfig()
+    pix = pixel_points(xyz, cam, on.image_radius_px)
+    unseen = unseen_pixels(xyz, cam, pix, on.free_space_deg)
+    assert not unseen[truth].any() and unseen[ys.min() : horizon, xs.max() + 20 :].mean() > 0.9
+    assert not unseen[horizon + 20 :].any()  # the road returns
+    got = guide_camera_masks({"front": spill}, segment, xyz, {"front": cam}, on, {})["front"]
+    assert got[truth].mean() > 0.97
+    assert got[ys.min() : horizon, xs.max() + 20 :].sum() == 0
+    off = MaskRefineConfig(free_space_deg=0.0)
+    kept = guide_camera_masks({"front": spill}, segment, xyz, {"front": cam}, off, {})["front"]
+    assert kept[ys.min() : horizon, xs.max() + 20 : xs.max() + 80].mean() > 0.9
+    # 55 m away, near the 60 m reach: the beams beside it may have met something beyond.
+    far_xyz, far_seg = _ray_cast_wall(55.0, 0.3, 6.0)
+    far_truth = _wall_pixels(cam, 55.0, 0.3, 6.0)
+    fy, fx = np.nonzero(far_truth)
+    far_spill = far_truth.copy()
+    far_spill[fy.min() : horizon, fx.max() : fx.max() + 80] = True
+    far = guide_camera_masks({"front": far_spill}, far_seg, far_xyz, {"front": cam}, on, {})
+    assert far["front"][fy.min() : horizon, fx.max() + 20 : fx.max() + 80].mean() > 0.9
 
 
 def test_a_users_box_reaching_above_the_ceiling_keeps_the_mask() -> None:

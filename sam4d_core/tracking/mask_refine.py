@@ -15,7 +15,8 @@ SAM 2's post-processing drop sprinkles and fill holes in 2D, with the LiDAR's me
    holds nothing near any 3D click lies on a neighbour: the segment starts from the clicked
    points instead.
 2. **complete**: around that segment the sweep is split into clusters of non-ground points
-   (local ground removed; points linked within a distance that grows with range as the
+   (local ground removed, not counting what lies well under the ground around: a car's
+   reflection in the road; points linked within a distance that grows with range as the
    LiDAR's rings spread); a cluster mostly inside the segment is taken
    whole, and the segment's points on clusters it barely touches are dropped. The clusters the
    3D clicks land on are always taken: a click is on its object (a bush clicked in front of a
@@ -37,7 +38,10 @@ the object): no point labels the sky over a car or the taller building behind a 
 the beam that found nothing there says it is not the object. Then one GrabCut
 iteration on the camera image around the object (:func:`grabcut_image_mask`), seeded by the
 pixels where points project (the segment's: object; the others': background) and started from
-that mask, moves the boundary onto the image's edges between the LiDAR's rings. Of the result
+that mask, moves the boundary onto the image's edges between the LiDAR's rings. Where the
+LiDAR looked and got nothing back (a hole in its returns wider than its beams' gaps, between its
+lowest and highest beam: the sky, a building beyond its range, :func:`unseen_pixels`), an object
+within its reach is not. Of the result
 only the parts holding one of the segment's points are kept (:func:`supported_image_mask`), and on
 the frame a user prompts, the prompted camera's mask stays in the user's box and keeps the parts
 holding a positive click (:func:`prompt_constrained_mask`).
@@ -100,7 +104,8 @@ class MaskRefineConfig:
         complete: run the completion step (else only the anchor's segment is kept).
         link_min: the completion's linking distance near the sensor (m).
         link_per_m: ... growing by this much per metre of range (the rings' spacing grows).
-        ground_cell: cell size (m) of the local ground height (lowest point of 3 x 3 cells).
+        ground_cell: cell size (m) of the local ground height (lowest point of 3 x 3 cells;
+            not a point well under the cells around beside others: a reflection in the road).
         ground_tolerance: points less than this above the local ground are ground (m).
         ground_rise: the completion also takes the local ground's points touching what it took
             when they stand at least this high (m) over the lowest point of the
@@ -111,7 +116,9 @@ class MaskRefineConfig:
         margin: the completion looks this far (m) around the segment's bounds.
         min_overlap: a cluster is taken whole when at least this fraction of it is in the
             segment, or when it holds this fraction of the segment's non-ground points.
-        max_points: the completion is skipped when its region has more points than this
+        max_points: when the completion's region has more points than this, it is the
+            region around the segment's points above their own local ground (a car ahead whose
+            mask took the road around it), and with more again the completion is skipped
             (bounds the cost of a mask spread over a building).
         images: guide the camera masks by the refined segment.
         image_radius_px: a pixel this close (camera pixels) to a projected point takes its label.
@@ -147,6 +154,11 @@ class MaskRefineConfig:
             columns' ceilings).
         remember_height: the tracker keeps each object's height from the sweeps that show
             free space above it for those that do not (:class:`HeightMemory`).
+        free_space_deg: a camera mask leaves out the pixels where the LiDAR looked and got
+            nothing back (:func:`unseen_pixels`): those farther than this angle from every
+            point's projection, within the elevations the sweep's returns span (0 = off).
+        free_space_range: ... for objects nearer than this fraction of the sweep's farthest
+            return (what lies beyond the LiDAR's reach gives no return either).
         grabcut: refine a guided camera mask with GrabCut on the image (needs the image).
         grabcut_iterations: GrabCut iterations (1 does as well as 5 on the held-out set).
         grabcut_margin_px: the GrabCut region: the mask's and the segment's bounds plus this.
@@ -184,6 +196,8 @@ class MaskRefineConfig:
     above_min_points: int = 8
     above_slack_px: int = 3
     remember_height: bool = True
+    free_space_deg: float = 2.0
+    free_space_range: float = 0.85
     grabcut: bool = True
     grabcut_iterations: int = 1
     grabcut_margin_px: int = 15
@@ -208,6 +222,8 @@ class MaskRefineConfig:
                 "ground_reach",
                 "predicted_gate",
                 "box_margin",
+                "free_space_deg",
+                "free_space_range",
             )
             if getattr(self, n) < 0
         ]
@@ -364,9 +380,7 @@ def ground_points(xyz: np.ndarray, cell: float, tolerance: float) -> np.ndarray:
     (``cell`` m, bird's-eye) of (N, 3) ``xyz``, i.e. the local ground."""
     if len(xyz) == 0:
         return np.zeros(0, bool)
-    ij, low = _cell_lows(xyz, cell)
-    near = ndimage.minimum_filter(low, size=3, mode="constant", cval=np.inf)
-    return xyz[:, 2] < near[ij[:, 0], ij[:, 1]] + tolerance
+    return xyz[:, 2] < _lowest_around(xyz, cell, 3) + tolerance
 
 
 def height_over_wide_ground(xyz: np.ndarray, cell: float, reach: int) -> np.ndarray:
@@ -374,18 +388,43 @@ def height_over_wide_ground(xyz: np.ndarray, cell: float, reach: int) -> np.ndar
     1)^2 cells (``cell`` m) around it."""
     if len(xyz) == 0:
         return np.zeros(0)
-    ij, low = _cell_lows(xyz, cell)
-    wide = ndimage.minimum_filter(low, size=2 * reach + 1, mode="constant", cval=np.inf)
-    return xyz[:, 2] - wide[ij[:, 0], ij[:, 1]]
+    return xyz[:, 2] - _lowest_around(xyz, cell, 2 * reach + 1)
+
+
+# Points lying this far (m) under the lows of the cells around theirs (the quarter-lowest of
+# the 5 x 5 around) are not the ground of their cell when it holds other points: the LiDAR's
+# multipath image of a shiny car reflected in the road, seen under it (KITTI: 1-3.6 m under the
+# road behind the car ahead, which made the road around the car non-ground and joined it to the
+# car). A cell holding only such points keeps them: a patch of ground seen alone between walls
+# or under a crown. 1 m: the ground beside a bush whose cells surround it lies 0.5 m under them,
+# and must stay its cell's ground.
+_SINK_M = 1.0
+_SINK_WINDOW = 5
 
 
 def _cell_lows(xyz: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2) bird's-eye cell of each point and the grid of each cell's lowest z (inf: none)."""
+    """(N, 2) bird's-eye cell of each point and the grid of each cell's lowest z (inf: none),
+    not counting points sunk under the cells around (:data:`_SINK_M`) unless all of the cell's
+    are."""
     ij = np.floor(xyz[:, :2] / cell).astype(np.int64)
     ij -= ij.min(axis=0)
     low = np.full(tuple(ij.max(axis=0) + 1), np.inf)
     np.minimum.at(low, (ij[:, 0], ij[:, 1]), xyz[:, 2])
+    around = ndimage.percentile_filter(low, 25, size=_SINK_WINDOW, mode="constant", cval=np.inf)
+    sunk = xyz[:, 2] < around[ij[:, 0], ij[:, 1]] - _SINK_M
+    if sunk.any():
+        kept = np.full_like(low, np.inf)
+        np.minimum.at(kept, (ij[~sunk, 0], ij[~sunk, 1]), xyz[~sunk, 2])
+        low = np.where(np.isfinite(kept), kept, low)
     return ij, low
+
+
+def _lowest_around(xyz: np.ndarray, cell: float, size: int) -> np.ndarray:
+    """(N,) the lowest z of the ``size`` x ``size`` cells around each of the (N, 3) points
+    (:func:`_cell_lows`)."""
+    ij, low = _cell_lows(xyz, cell)
+    near = ndimage.minimum_filter(low, size=size, mode="constant", cval=np.inf)
+    return near[ij[:, 0], ij[:, 1]]
 
 
 def _ground(xyz: np.ndarray, config: MaskRefineConfig) -> np.ndarray:
@@ -401,15 +440,22 @@ def complete_segment(
 ) -> np.ndarray:
     """(N,) bool: ``segment`` completed with the non-ground clusters it mostly covers (module
     docstring), and the clusters of the ``clicked`` rows (a user's or the tracker's 3D clicks:
-    the clicked object, however little of it the segment holds); the segment unchanged when
-    its region is too large to cluster."""
+    the clicked object, however little of it the segment holds). The region clustered is the
+    segment's bounds plus ``margin``, or when that holds more than ``max_points`` the bounds of
+    its points above their own local ground; the segment unchanged when that is too large too."""
     if not segment.any():
         return segment
     seg_pts = xyz[segment]
-    lo, hi = seg_pts.min(axis=0) - config.margin, seg_pts.max(axis=0) + config.margin
-    crop = np.flatnonzero(np.all((xyz >= lo) & (xyz <= hi), axis=1))
+    crop = _around(xyz, seg_pts, config.margin)
     if len(crop) > config.max_points:
-        return segment
+        # A mask spread over the road (the decoder's coarse cells take the road around a car
+        # ahead): the region is that around its points above their own local ground.
+        core = seg_pts[~_ground(seg_pts, config)]
+        if len(core) == 0:
+            return segment
+        crop = _around(xyz, core, config.margin)
+        if len(crop) > config.max_points:
+            return segment
     p, m = xyz[crop], segment[crop]
     ground = _ground(p, config)
     above = np.flatnonzero(~ground)
@@ -445,6 +491,12 @@ def complete_segment(
     out = np.zeros(len(xyz), bool)
     out[crop[taken]] = True
     return out
+
+
+def _around(xyz: np.ndarray, pts: np.ndarray, margin: float) -> np.ndarray:
+    """Rows of the (N, 3) points inside the bounds of (M, 3) ``pts`` plus ``margin`` (m)."""
+    lo, hi = pts.min(axis=0) - margin, pts.max(axis=0) + margin
+    return np.flatnonzero(np.all((xyz >= lo) & (xyz <= hi), axis=1))
 
 
 def gate_to_prediction(
@@ -611,11 +663,13 @@ class PixelPoints:
         seen: (N,) bool, the points that project into the image in front of the camera.
         hit: (H, W) int64 row of the point projecting on the pixel itself (the nearest in
             depth), -1 where none does.
+        unseen: (H, W) bool :func:`unseen_pixels` of the camera, once computed (None before).
     """
 
     index: np.ndarray
     seen: np.ndarray
     hit: np.ndarray
+    unseen: np.ndarray | None = None
 
 
 def pixel_points(xyz: np.ndarray, camera: CameraGeometry, radius_px: float) -> PixelPoints:
@@ -643,6 +697,43 @@ def pixel_points(xyz: np.ndarray, camera: CameraGeometry, radius_px: float) -> P
     by_label[label[ys, xs]] = hit[ys, xs]
     index = np.where(dist <= radius_px, by_label[label], -1)
     return PixelPoints(index, seen, hit)
+
+
+def unseen_pixels(
+    xyz: np.ndarray, camera: CameraGeometry, pixels: PixelPoints, angle_deg: float
+) -> np.ndarray:
+    """(H, W) bool: the pixels of one camera where the LiDAR looked and got nothing back: within
+    the elevations the returns of the sweep ((N, 3) LiDAR-frame ``xyz``) span, and farther than
+    ``angle_deg`` from every point's projection (``pixels.hit``), above the horizontal. The
+    angle is wider than the gaps between the LiDAR's beams and columns and a dropped return, so
+    such a hole is the sky or what lies beyond the LiDAR's range: nothing within its reach
+    covers it. Below the horizontal the ground returns within reach; a hole there is between
+    the rings the camera sees near the vehicle."""
+    h, w = camera.size
+    if not (pixels.hit >= 0).any():
+        return np.zeros((h, w), bool)
+    dist = cv2.distanceTransform((pixels.hit < 0).astype(np.uint8), cv2.DIST_L2, 5)
+    K = np.asarray(camera.intrinsics, np.float64)
+    far = dist > float(K[1, 1]) * np.tan(np.radians(angle_deg))
+    # Each pixel's ray in the LiDAR frame, from the camera's centre: above the horizontal
+    # what it meets is far, and the LiDAR's offset from the camera changes the elevation by a
+    # fraction of a beam there.
+    vv, uu = np.mgrid[0:h, 0:w]
+    rays = np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], np.ones((h, w))], -1)
+    rays = rays @ np.linalg.inv(np.asarray(camera.cam_from_lidar, np.float64))[:3, :3].T
+    elev = np.arctan2(rays[..., 2], np.hypot(rays[..., 0], rays[..., 1]))
+    pts = np.asarray(xyz, np.float64)[:, :3]
+    returns = np.arctan2(pts[:, 2], np.hypot(pts[:, 0], pts[:, 1]))
+    # Percentiles: a few noisy returns should not widen the band past the beams.
+    lo, hi = np.percentile(returns, [0.5, 99.5])
+    return far & (elev > max(lo, 0.0)) & (elev < hi)
+
+
+def _within_reach(xyz: np.ndarray, segment: np.ndarray, fraction: float) -> bool:
+    """Whether the object (``segment``, (N,) bool over the (N, 3) sweep) lies nearer than
+    ``fraction`` of the sweep's farthest return (its median range)."""
+    rng = np.hypot(xyz[:, 0], xyz[:, 1])
+    return bool(np.median(rng[segment]) <= fraction * rng.max())
 
 
 def guided_image_mask(
@@ -929,8 +1020,9 @@ def above_object(
 
 def prompt_above(prompt: CameraPrompt, above: np.ndarray) -> bool:
     """Whether the user's prompt in a camera says the object reaches into ``above`` ((H, W)
-    bool, :func:`above_object`): a positive click there, or the box's top (its centre column,
-    a tenth of its height down) there. The segment then is not the object the user framed."""
+    bool, :func:`above_object` or :func:`unseen_pixels`): a positive click there, or the box's
+    top (its centre column, a tenth of its height down) there. The segment then is not the
+    object the user framed."""
     h, w = above.shape
     spots = []
     if prompt.points is not None:
@@ -989,19 +1081,21 @@ def guide_camera_masks(
     """Camera name -> (H, W) bool: one object's camera masks guided by its refined segment
     ((N,) bool over the sweep's (N, 3) ``xyz``), :func:`guided_image_mask` per camera with a
     calibration, without what lies :func:`above_object` (the ``ceiling`` points, (0, 3) for
-    none, by default the sweep's :func:`ceiling_points`; not when the user's prompt in that
-    camera on this frame, ``prompts``: camera name -> its prompt, reaches there:
-    :func:`prompt_above`), then
+    none, by default the sweep's :func:`ceiling_points`) nor, for an object within the LiDAR's
+    reach (``config.free_space_deg``), the :func:`unseen_pixels` (neither when the user's
+    prompt in that camera on this frame, ``prompts``: camera name -> its prompt, reaches
+    there: :func:`prompt_above`), then
     :func:`grabcut_image_mask` where ``images`` (camera name -> (H, W, 3) uint8) has the
     camera's image, then ``refine(image, mask) -> mask`` there when given (the learned boundary
-    refinement, :func:`~sam4d_core.tracking.boundary_refine.refine_mask`), then
-    :func:`supported_image_mask`; ``cache`` keeps each camera's :class:`PixelPoints` for the
-    frame's other objects."""
+    refinement, :func:`~sam4d_core.tracking.boundary_refine.refine_mask`), both cut again,
+    then :func:`supported_image_mask`; ``cache`` keeps each camera's :class:`PixelPoints` for
+    the frame's other objects."""
     out = dict(masks)
     if not config.images or not segment.any():
         return out
     if ceiling is None:
         ceiling = ceiling_points(segment, xyz, config)
+    free = config.free_space_deg > 0 and _within_reach(xyz, segment, config.free_space_range)
     for name, mask in masks.items():
         cam = cameras.get(name)
         if cam is None or tuple(mask.shape) != tuple(cam.size):
@@ -1014,15 +1108,20 @@ def guide_camera_masks(
             continue
         guided = guided_image_mask(mask, segment, pix, least)
         above = above_object(ceiling, cam, config)
-        if prompts is not None and name in prompts and prompt_above(prompts[name], above):
-            above = np.zeros_like(above)
+        unseen = np.zeros_like(above)
+        if free:
+            if pix.unseen is None:
+                pix.unseen = unseen_pixels(xyz, cam, pix, config.free_space_deg)
+            unseen = pix.unseen
+        if prompts is not None and name in prompts and prompt_above(prompts[name], above | unseen):
+            above = unseen = np.zeros_like(above)  # the user says the object reaches there
         guided = guided & ~above
         image = None if images is None else images.get(name)
         if config.grabcut and image is not None:
             guided = grabcut_image_mask(image, guided, segment, pix, config)
         if refine is not None and image is not None:
             guided = refine(image, guided)
-        guided = guided & ~above
+        guided = guided & ~(above | unseen)
         if config.image_support:
             guided = supported_image_mask(guided, segment, pix)
         out[name] = guided
@@ -1215,4 +1314,5 @@ __all__ = [
     "refine_point_mask",
     "select_segment",
     "supported_image_mask",
+    "unseen_pixels",
 ]
